@@ -1,0 +1,204 @@
+"""The LIBERO episode protocol, ROS-free: shared by the sim bridge node and in-process evaluation.
+
+One place defines how an episode runs: the suite's fixed init states, ``NUM_STEPS_WAIT`` settle
+steps (not counted), the per-suite step limit, the success check, and the camera flip applied to
+every published/consumed image. LIBERO is imported lazily, only when an env is built.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from vla_ros.conventions import (
+    DEFAULT_IMAGE_FLIP,
+    NUM_STEPS_WAIT,
+    SIM_IMAGE_SIZE,
+    flip_image,
+    max_steps_for,
+    settle_action,
+)
+
+# LIBERO camera names for the two cameras vla_ros knows.
+CAMERAS = {"agentview": "agentview", "wrist": "robot0_eye_in_hand"}
+
+_fast_render = {"on": False}
+
+
+def _install_fast_render_hook() -> None:
+    """Make robosuite's offscreen render contexts skip MSAA, shadows and reflections when asked.
+
+    LIBERO's scenes have ~726k vertices and rendering dominates a CPU step (157 ms vs 19 ms physics
+    for one 128px camera, ../shared/ENVIRONMENT.md). MSAA samples are read when the GL context is
+    made, so the switch must act inside the context constructor, which robosuite calls after every
+    (hard) reset: a wrapper around it is the one place that sees every new context.
+    """
+    import mujoco
+    from robosuite.utils import binding_utils
+
+    cls = binding_utils.MjRenderContext
+    if getattr(cls, "_vla_ros_fast_hook", False):
+        return
+    original_init = cls.__init__
+
+    def init(self, sim, *args, **kwargs):
+        if _fast_render["on"]:
+            sim.model._model.vis.quality.offsamples = 0
+        original_init(self, sim, *args, **kwargs)
+        if _fast_render["on"]:
+            self.scn.flags[mujoco.mjtRndFlag.mjRND_SHADOW] = 0
+            self.scn.flags[mujoco.mjtRndFlag.mjRND_REFLECTION] = 0
+
+    cls.__init__ = init
+    cls._vla_ros_fast_hook = True
+
+
+@dataclass
+class Observation:
+    """What the robot's sensors report after a step (images already flipped per convention)."""
+
+    images: dict[str, np.ndarray]  # camera name -> HxWx3 uint8 RGB
+    eef_pos: np.ndarray  # (3,) metres, base/world frame
+    eef_quat: np.ndarray  # (4,) x, y, z, w (robosuite order)
+    gripper_qpos: np.ndarray  # (2,) finger joint positions
+    joint_pos: np.ndarray  # (7,) arm joint positions
+    raw: dict = field(repr=False, default_factory=dict)  # LIBERO's own observation dict
+
+
+@dataclass
+class StepResult:
+    obs: Observation
+    success: bool
+    done: bool
+    reason: str  # "" while running; success, step_limit, policy_done, policy_timeout
+
+
+def task_names(suite: str) -> list[str]:
+    from libero.libero import benchmark
+
+    s = benchmark.get_benchmark_dict()[suite]()
+    return [s.get_task(i).language for i in range(s.n_tasks)]
+
+
+class LiberoEpisodeEnv:
+    """One LIBERO task with the evaluation protocol of OpenVLA's ``run_libero_eval.py``.
+
+    ``reset(init_state_id)`` -> settle -> ``step(action)`` until ``done``. Actions are LIBERO's
+    controller actions (see ``vla_ros.action_conversion.command_to_libero``).
+    """
+
+    def __init__(self, suite: str, task_id: int, *, image_size: int = SIM_IMAGE_SIZE,
+                 cameras: tuple[str, ...] = ("agentview", "wrist"), image_flip: str = DEFAULT_IMAGE_FLIP,
+                 fast_render: bool = True, max_steps: int | None = None, num_steps_wait: int = NUM_STEPS_WAIT,
+                 end_on_success: bool = True, seed: int = 0):
+        from libero.libero import benchmark, get_libero_path
+        from libero.libero.envs import OffScreenRenderEnv
+
+        for cam in cameras:
+            if cam not in CAMERAS:
+                raise ValueError(f"unknown camera {cam!r}; known: {list(CAMERAS)}")
+        flip_image(np.zeros((1, 1, 3), np.uint8), image_flip)  # validates the setting early
+        suites = benchmark.get_benchmark_dict()
+        if suite not in suites:
+            raise ValueError(f"unknown LIBERO suite {suite!r}; known: {sorted(suites)}")
+        self.suite_name = suite
+        self.benchmark = suites[suite]()
+        if not 0 <= task_id < self.benchmark.n_tasks:
+            raise ValueError(f"task_id {task_id} out of range 0..{self.benchmark.n_tasks - 1} for {suite}")
+        self.task_id = task_id
+        self.task = self.benchmark.get_task(task_id)
+        self.instruction: str = self.task.language
+        self.init_states = self.benchmark.get_task_init_states(task_id)
+        self.cameras = tuple(cameras)
+        self.image_size = int(image_size)
+        self.image_flip = image_flip
+        self.max_steps = int(max_steps) if max_steps else max_steps_for(suite)
+        self.num_steps_wait = int(num_steps_wait)
+        self.end_on_success = bool(end_on_success)
+        self.seed = int(seed)
+
+        _install_fast_render_hook()
+        _fast_render["on"] = bool(fast_render)
+        bddl = os.path.join(get_libero_path("bddl_files"), self.task.problem_folder, self.task.bddl_file)
+        self.env = OffScreenRenderEnv(
+            bddl_file_name=bddl,
+            camera_heights=self.image_size,
+            camera_widths=self.image_size,
+            camera_names=[CAMERAS[c] for c in self.cameras] or ["agentview"],
+            has_offscreen_renderer=bool(self.cameras),
+            use_camera_obs=bool(self.cameras),
+        )
+        self.env.seed(self.seed)
+        self.step_count = 0
+        self.init_state_id = -1
+        self.done = True
+        self.reason = ""
+        self.success = False
+
+    # ------------------------------------------------------------------ episode
+    @property
+    def num_init_states(self) -> int:
+        return len(self.init_states)
+
+    def reset(self, init_state_id: int) -> Observation:
+        """Reset to one of the suite's fixed init states and run the settle steps."""
+        if not 0 <= init_state_id < len(self.init_states):
+            raise ValueError(f"init_state_id {init_state_id} out of range 0..{len(self.init_states) - 1}")
+        self.env.reset()
+        raw = self.env.set_init_state(self.init_states[init_state_id])
+        noop = settle_action()
+        for _ in range(self.num_steps_wait):
+            raw, _, _, _ = self.env.step(noop)
+        self.init_state_id = init_state_id
+        self.step_count = 0
+        self.done = False
+        self.reason = ""
+        self.success = False
+        return self._observation(raw)
+
+    def step(self, action: np.ndarray) -> StepResult:
+        """Apply one LIBERO controller action (7 values in [-1, 1]); counts toward the step limit."""
+        if self.done:
+            raise RuntimeError(f"episode is over ({self.reason}); reset first")
+        action = np.asarray(action, dtype=np.float64).reshape(-1)
+        if action.shape != (7,) or not np.all(np.isfinite(action)):
+            raise ValueError(f"invalid LIBERO action {action!r}")
+        raw, _, _, _ = self.env.step(np.clip(action, -1.0, 1.0))
+        self.step_count += 1
+        self.success = bool(self.env.check_success())
+        if self.success and self.end_on_success:
+            self.finish("success")
+        elif self.step_count >= self.max_steps:
+            self.finish("step_limit")
+        return StepResult(self._observation(raw), self.success, self.done, self.reason)
+
+    def finish(self, reason: str) -> None:
+        """End the episode for ``reason`` (success, step_limit, policy_done, policy_timeout, ...)."""
+        self.done = True
+        self.reason = reason
+
+    def close(self) -> None:
+        env, self.env = getattr(self, "env", None), None
+        if env is not None:
+            env.close()
+
+    # ------------------------------------------------------------------ observation
+    def _observation(self, raw: dict) -> Observation:
+        images = {
+            cam: flip_image(raw[f"{CAMERAS[cam]}_image"], self.image_flip) for cam in self.cameras
+        }
+        return Observation(
+            images=images,
+            eef_pos=np.asarray(raw["robot0_eef_pos"], dtype=np.float64),
+            eef_quat=np.asarray(raw["robot0_eef_quat"], dtype=np.float64),
+            gripper_qpos=np.asarray(raw["robot0_gripper_qpos"], dtype=np.float64),
+            joint_pos=np.asarray(raw["robot0_joint_pos"], dtype=np.float64),
+            raw=raw,
+        )
+
+    def raw_frame(self, camera: str = "agentview") -> np.ndarray:
+        """The current frame exactly as LIBERO renders it (no flip), for tests and recordings."""
+        return self.env.sim.render(camera_name=CAMERAS[camera], height=self.image_size,
+                                   width=self.image_size)[..., :3]
