@@ -158,6 +158,25 @@ class LiberoEpisodeEnv:
         self.success = False
         return self._observation(raw)
 
+    def reset_random(self, seed: int) -> Observation:
+        """Reset to a fresh random placement (LIBERO samples it from the BDDL regions), then settle.
+
+        For generating demonstrations: the suite's fixed init states are the evaluation set and must
+        not be trained on. LIBERO's placement samplers draw from numpy's global generator, so it is
+        seeded here; the same seed gives the same scene. ``init_state_id`` is -1 for such episodes.
+        """
+        np.random.seed(int(seed) % 2**32)
+        raw = self.env.reset()
+        noop = settle_action()
+        for _ in range(self.num_steps_wait):
+            raw, _, _, _ = self.env.step(noop)
+        self.init_state_id = -1
+        self.step_count = 0
+        self.done = False
+        self.reason = ""
+        self.success = False
+        return self._observation(raw)
+
     def step(self, action: np.ndarray) -> StepResult:
         """Apply one LIBERO controller action (7 values in [-1, 1]); counts toward the step limit."""
         if self.done:
