@@ -8,9 +8,14 @@ from __future__ import annotations
 import importlib
 import sys
 
-# name -> (module with main(argv), one-line help)
+# name -> ("module" with main(argv) or "module:function", one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
     "demo": ("vla_ros.demo", "run the default LIBERO episode through the ROS graph (make demo)"),
+    "launch": ("vla_ros.launcher", "start a node graph, like `ros2 launch vla_ros <graph>.launch.py`"),
+    "send": ("vla_ros.nodes.cli_tools:send_main", "publish an instruction, like `ros2 topic pub --once`"),
+    "watch": ("vla_ros.nodes.cli_tools:watch_main", "print actions, policy status and episode status"),
+    "enable": ("vla_ros.nodes.cli_tools:enable_main", "switch the policy's output on/off (std_srvs/SetBool)"),
+    "reset": ("vla_ros.nodes.cli_tools:reset_main", "reset the simulator bridge to a task/init state"),
 }
 
 
@@ -25,8 +30,9 @@ def main(argv: list[str] | None = None) -> int:
     if name not in COMMANDS:
         print(f"vla-ros: unknown command {name!r}; try `vla-ros --help`", file=sys.stderr)
         return 2
-    module = importlib.import_module(COMMANDS[name][0])
-    return int(module.main(rest) or 0)
+    module_name, _, func = COMMANDS[name][0].partition(":")
+    entry = getattr(importlib.import_module(module_name), func or "main")
+    return int(entry(rest) or 0)
 
 
 if __name__ == "__main__":

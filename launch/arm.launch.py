@@ -1,0 +1,11 @@
+"""`ros2 launch vla_ros arm.launch.py`: the 'arm' graph of config/graphs.yaml.
+
+`ros2 launch vla_ros arm.launch.py --show-args` lists its arguments; `vla-ros launch arm` starts the
+same graph without the ROS launch tools.
+"""
+
+from vla_ros.nodes.launch_description import graph_launch_description
+
+
+def generate_launch_description():
+    return graph_launch_description("arm")
