@@ -1,0 +1,607 @@
+"""vla_policy_node: a VLA policy as a safe ROS 2 lifecycle controller (docs/policy_node.md).
+
+Threading (why it looks like this): every ROS callback (camera, instruction, episode status, enable
+service, timers) only stores its input and wakes one plain worker thread, which owns the policy.
+So at most one inference is ever in flight, nothing queues behind a slow model, and no callback
+blocks the executor. The ExecuteInstruction server blocks in its own reentrant callback group,
+hence ``main`` spins a MultiThreadedExecutor. All safety decisions are in
+:mod:`vla_ros.controller` (ROS-free); this file is wiring.
+
+Modes: free-running (``lockstep: false``, a real arm): a timer at ``control_rate_hz`` acts on the
+newest frame, holding when it is older than ``image_timeout_s`` on the node clock. Lockstep (a
+simulator): each new observation is answered once, stamped with its image stamp; a re-published
+observation (same stamp) gets the same answer again without a second inference.
+"""
+
+from __future__ import annotations
+
+import gc
+import signal
+import sys
+import threading
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import rclpy
+import yaml
+from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
+from geometry_msgs.msg import TwistStamped
+from rcl_interfaces.msg import SetParametersResult
+from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
+from rclpy.clock import Clock, ClockType
+from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
+from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
+from rclpy.signals import SignalHandlerOptions
+from sensor_msgs.msg import Image
+from std_msgs.msg import String
+from std_srvs.srv import SetBool
+
+from vla_ros.backends import load_policy
+from vla_ros.config import topics
+from vla_ros.controller import (
+    LatestSlot,
+    RateMeter,
+    RejectionLog,
+    center_crop,
+    check_image_size,
+    hold_reason,
+    shape_action,
+    validate_instruction,
+)
+from vla_ros.image_codec import image_msg_to_rgb
+from vla_ros.nodes import policy_params
+from vla_ros.nodes.execute_action import GoalHooks, InstructionActionServer
+from vla_ros.nodes.qos import command_qos, image_qos
+from vla_ros.policy import Policy
+from vla_ros_msgs.msg import EpisodeStatus, PolicyStatus, VlaAction
+
+_ERROR_REASONS = ("inference_error", "invalid_output")
+
+
+@dataclass
+class _Frame:
+    rgb: np.ndarray
+    stamp: Any  # builtin_interfaces/Time of the image
+    key: tuple[int, int]
+    recv_ns: int  # node clock at receipt
+    episode_id: int
+    step: int
+    from_episode: bool  # episode/step came from the bridge's EpisodeStatus
+
+
+class VlaPolicyNode(LifecycleNode):
+    """The lifecycle node; ``configure`` loads the policy, ``cleanup`` releases it."""
+
+    def __init__(self, node_name: str = policy_params.NODE_NAME, **kwargs: Any) -> None:
+        super().__init__(node_name, **kwargs)
+        policy_params.declare(self)
+        p = {n: self.get_parameter(n).value for n in policy_params.SPECS}
+        self._cfg = policy_params.controller_config(p)
+        self._dry_run: bool = p["dry_run"]
+        self._twist_scale: float = p["twist_scale"]
+        self._rate_hz: float = p["control_rate_hz"]
+        self._lockstep: bool = p["lockstep"]
+        self.add_on_set_parameters_callback(self._validate_params)
+        self.add_post_set_parameters_callback(self._apply_params)
+
+        self._lock = threading.Lock()
+        self._cv = threading.Condition(self._lock)
+        self._policy: Policy | None = None
+        self._frames: LatestSlot[_Frame] = LatestSlot()
+        self._rejections = RejectionLog(self.get_logger().warning, p["rejection_log_quiet_s"])
+        self._rate = RateMeter()
+        self._reset_state()
+        self._enabled: bool = p["start_enabled"]
+        self._worker: threading.Thread | None = None
+        self._stop_worker = False
+        self._wake = False
+        self._busy = False
+        self._ctl_timer = None
+        self._entities: list[Any] = []
+        self._pub_action = self._pub_twist = self._pub_status = self._pub_diag = None
+        self._base_frame: str = p["base_frame"]
+        self._action_server: InstructionActionServer | None = None
+        if p["auto_start"] and self.trigger_configure() == TransitionCallbackReturn.SUCCESS:
+            self.trigger_activate()
+
+    def _reset_state(self) -> None:
+        """Per-configuration state (also what cleanup forgets)."""
+        self._active = False
+        self._instruction: str | None = None
+        self._instr_gen = 0
+        self._finished = False
+        self._reset_pending = False
+        self._own_episode = 0
+        self._own_step = 0
+        self._episode: tuple[int, int] | None = None  # (episode_id, step) from the bridge
+        self._answered: tuple[tuple[int, int], VlaAction] | None = None  # lockstep: key -> answer
+        self._last_hold_key: tuple[Any, str] | None = None
+        self._last_gripper = 0.0  # before any action: open, as LIBERO and most arms start
+        self._last_reason = "inactive"
+        self._last_error = ""
+        self._actions = self._holds = 0
+        self._last_ms = 0.0
+        self._sum_ms = 0.0
+        self._n_inferences = 0
+        self._flip_warned = False
+        self._frames.clear()
+
+    # ------------------------------------------------------------------ lifecycle
+    def on_configure(self, state: LifecycleState) -> TransitionCallbackReturn:
+        p = {n: self.get_parameter(n).value for n in policy_params.SPECS}
+        try:
+            for name in policy_params.SPECS:
+                policy_params.check_choice(name, p[name])
+            self._policy = self._load_policy(p)
+        except Exception as exc:
+            self._last_error = f"loading the policy failed: {exc}"
+            self.get_logger().error(self._last_error)
+            return TransitionCallbackReturn.FAILURE
+        meta = self._policy.metadata
+        self.get_logger().info(f"loaded {meta.model_id} ({p['backend']}), action space {meta.action_space.name}, "
+                               f"gripper {meta.gripper_convention}, image flip {meta.image_flip}")
+        t = topics()
+        self._pub_action = self.create_lifecycle_publisher(VlaAction, t["action"], command_qos())
+        self._pub_twist = (self.create_lifecycle_publisher(TwistStamped, t["twist"], command_qos())
+                           if p["publish_twist"] else None)
+        # Status and diagnostics are plain publishers: they also report an inactive node.
+        self._pub_status = self.create_publisher(PolicyStatus, t["status"], command_qos())
+        self._pub_diag = self.create_publisher(DiagnosticArray, t["diagnostics"], command_qos())
+        inputs = MutuallyExclusiveCallbackGroup()  # short store-and-notify callbacks
+        subs = [
+            self.create_subscription(Image, t["camera_image"], self._on_image, image_qos(p["image_reliability"]),
+                                     callback_group=inputs),
+            self.create_subscription(String, t["instruction"], self._on_instruction, command_qos(),
+                                     callback_group=inputs),
+        ]
+        if p["subscribe_episode_status"]:
+            subs.append(self.create_subscription(EpisodeStatus, t["episode_status"], self._on_episode,
+                                                 command_qos(), callback_group=inputs))
+        srv = self.create_service(SetBool, t["enable_service"], self._on_enable, callback_group=inputs)
+        steady = Clock(clock_type=ClockType.STEADY_TIME)  # status flows even when sim time stands still
+        status_timer = self.create_timer(1.0 / p["status_rate_hz"], self._publish_status, callback_group=inputs,
+                                         clock=steady)
+        self._entities = [*subs, srv, status_timer]
+        if p["enable_action_server"]:
+            self._action_server = InstructionActionServer(self, t["execute_action"], GoalHooks(
+                can_accept=self._can_accept_goal, start=self._start_goal, stop=self._clear_instruction,
+                generation=lambda: self._instr_gen, now_s=lambda: self.get_clock().now().nanoseconds * 1e-9,
+                is_active=lambda: self._active))
+        self._stop_worker = False
+        self._worker = threading.Thread(target=self._worker_loop, name="vla_policy_worker", daemon=True)
+        self._worker.start()
+        return super().on_configure(state)
+
+    def on_activate(self, state: LifecycleState) -> TransitionCallbackReturn:
+        ret = super().on_activate(state)  # enables the lifecycle publishers first
+        with self._lock:
+            self._active = True
+            self._answered, self._last_hold_key = None, None
+        if not self._lockstep:
+            self._make_control_timer()
+        self._notify()
+        self.get_logger().info(f"active ({'lockstep' if self._lockstep else f'{self._rate_hz:g} Hz'})")
+        return ret
+
+    def on_deactivate(self, state: LifecycleState) -> TransitionCallbackReturn:
+        self._stop_control()
+        return super().on_deactivate(state)
+
+    def on_cleanup(self, state: LifecycleState) -> TransitionCallbackReturn:
+        self._teardown()
+        return super().on_cleanup(state)
+
+    def on_shutdown(self, state: LifecycleState) -> TransitionCallbackReturn:
+        if self._active:
+            self._stop_control()
+        self._teardown()
+        return super().on_shutdown(state)
+
+    def on_error(self, state: LifecycleState) -> TransitionCallbackReturn:
+        self._teardown()
+        return TransitionCallbackReturn.SUCCESS
+
+    def _load_policy(self, p: dict[str, Any]) -> Policy:
+        options = yaml.safe_load(p["backend_options"]) or {}
+        if not isinstance(options, dict):
+            raise ValueError(f"backend_options must be a YAML mapping, got {p['backend_options']!r}")
+        for key in ("quantization", "adapter", "device", "unnorm_key"):
+            if p[key]:
+                options[key] = p[key]
+        return load_policy(p["backend"], p["checkpoint"] or None, **options)
+
+    def _stop_control(self) -> None:
+        """Stop acting, let an inference in flight end, then command one hold (reason inactive)."""
+        with self._cv:
+            self._active = False
+            self._cv.notify_all()
+            self._cv.wait_for(lambda: not self._busy, timeout=5.0)
+        if self._ctl_timer is not None:
+            self.destroy_timer(self._ctl_timer)
+            self._ctl_timer = None
+        frame = self._frames.peek()
+        self._publish(self._make_msg(frame, None, "inactive", None))
+
+    def _teardown(self) -> None:
+        """Undo configure; drop every reference to the policy so its memory (GPU included) goes."""
+        with self._cv:
+            self._stop_worker = True
+            self._cv.notify_all()
+        if self._worker is not None:
+            self._worker.join(timeout=10.0)
+            self._worker = None
+        if self._action_server is not None:
+            self._action_server.destroy()
+            self._action_server = None
+        for ent in self._entities:
+            ent.destroy()
+        self._entities = []
+        for name in ("_pub_action", "_pub_twist"):
+            pub = getattr(self, name, None)
+            if pub is not None:
+                self.destroy_lifecycle_publisher(pub)
+            setattr(self, name, None)
+        for name in ("_pub_status", "_pub_diag"):
+            pub = getattr(self, name, None)
+            if pub is not None:
+                self.destroy_publisher(pub)
+            setattr(self, name, None)
+        policy, self._policy = self._policy, None
+        if policy is not None:
+            try:
+                policy.close()
+            except Exception as exc:
+                self.get_logger().warning(f"policy.close() failed: {exc!r}")
+            del policy
+        with self._lock:
+            self._reset_state()
+        gc.collect()
+        torch = sys.modules.get("torch")  # only if a backend imported it: never import torch here
+        if torch is not None and torch.cuda.is_available():
+            torch.cuda.empty_cache()
+
+    def _make_control_timer(self) -> None:
+        if self._ctl_timer is not None:
+            self.destroy_timer(self._ctl_timer)
+        # Node clock: under use_sim_time the control rate follows /clock.
+        self._ctl_timer = self.create_timer(1.0 / self._rate_hz, self._notify)
+
+    # ------------------------------------------------------------------ parameters
+    def _validate_params(self, params: list) -> SetParametersResult:
+        try:
+            values = {p.name: p.value for p in params}
+            policy_params.controller_config(values, self._cfg)
+        except ValueError as exc:
+            return SetParametersResult(successful=False, reason=str(exc))
+        return SetParametersResult(successful=True)
+
+    def _apply_params(self, params: list) -> None:
+        values = {p.name: p.value for p in params}
+        with self._lock:
+            self._cfg = policy_params.controller_config(values, self._cfg)
+            self._dry_run = values.get("dry_run", self._dry_run)
+            self._twist_scale = values.get("twist_scale", self._twist_scale)
+        if "control_rate_hz" in values:
+            self._rate_hz = values["control_rate_hz"]
+            if self._ctl_timer is not None:
+                self._make_control_timer()
+        self._notify()
+
+    # ------------------------------------------------------------------ inputs (never block)
+    def _notify(self) -> None:
+        with self._cv:
+            self._wake = True
+            self._cv.notify_all()
+
+    def _reject(self, kind: str, detail: str) -> None:
+        with self._lock:
+            self._rejections.reject(kind, detail)
+
+    def _on_image(self, msg: Image) -> None:
+        try:
+            rgb = image_msg_to_rgb(msg)  # ImageDecodeError is a ValueError
+            check_image_size(rgb, self._cfg)
+        except ValueError as exc:
+            self._reject("image", str(exc))
+            return
+        ep = self._episode
+        self._frames.put(_Frame(
+            rgb=rgb, stamp=msg.header.stamp, key=(msg.header.stamp.sec, msg.header.stamp.nanosec),
+            recv_ns=self.get_clock().now().nanoseconds, episode_id=ep[0] if ep else 0, step=ep[1] if ep else 0,
+            from_episode=ep is not None))
+        if self._lockstep:
+            self._notify()
+
+    def _on_instruction(self, msg: String) -> None:
+        try:
+            text = validate_instruction(msg.data, self._cfg.max_instruction_chars)
+        except ValueError as exc:
+            self._reject("instruction", str(exc))
+            return
+        self._set_instruction(text)
+
+    def _set_instruction(self, text: str, force_new: bool = False) -> int:
+        """Adopt an instruction; a changed one (or any after ``finished``) starts a new episode.
+
+        The bridge re-sends the same instruction until the episode's first action: a repeat must
+        not reset the policy (it would drop an action chunk in flight).
+        """
+        with self._cv:
+            if force_new or text != self._instruction or self._finished:
+                self._instruction = text
+                self._instr_gen += 1
+                self._finished = False
+                self._reset_pending = True
+                self._own_episode += 1
+                self._own_step = 0
+                self._last_hold_key = None
+                self.get_logger().info(f"instruction: {text!r}")
+            self._wake = True
+            self._cv.notify_all()
+            return self._instr_gen
+
+    def _clear_instruction(self) -> None:
+        with self._cv:
+            self._instruction = None
+            self._instr_gen += 1
+            self._wake = True
+            self._cv.notify_all()
+
+    def _on_episode(self, msg: EpisodeStatus) -> None:
+        with self._cv:
+            if self._episode is not None and self._episode[0] != msg.episode_id:
+                self._finished, self._reset_pending = False, True  # a new simulated episode
+            self._episode = (int(msg.episode_id), int(msg.step))
+        policy = self._policy
+        if policy is not None and not self._flip_warned and msg.image_flip:
+            want = policy.metadata.image_flip
+            if msg.image_flip != want:
+                self._flip_warned = True
+                self.get_logger().warning(f"the bridge flips images with {msg.image_flip!r} but the checkpoint was "
+                                          f"trained with {want!r}: actions will be wrong")
+
+    def _on_enable(self, req: SetBool.Request, resp: SetBool.Response) -> SetBool.Response:
+        with self._cv:
+            self._enabled = bool(req.data)
+            self._last_hold_key = None
+            self._wake = True
+            self._cv.notify_all()
+        resp.success, resp.message = True, "enabled" if req.data else "disabled"
+        self.get_logger().info(f"control {resp.message}")
+        return resp
+
+    # ------------------------------------------------------------------ action goals
+    def _can_accept_goal(self, instruction: str) -> str:
+        if not self._active:
+            return "node is not active"
+        try:
+            validate_instruction(instruction, self._cfg.max_instruction_chars)
+        except ValueError as exc:
+            self._reject("instruction", str(exc))
+            return str(exc)
+        return ""
+
+    def _start_goal(self, instruction: str) -> int:
+        return self._set_instruction(validate_instruction(instruction, self._cfg.max_instruction_chars),
+                                     force_new=True)
+
+    # ------------------------------------------------------------------ the control worker
+    def _worker_loop(self) -> None:
+        while True:
+            with self._cv:
+                self._cv.wait_for(lambda: self._stop_worker or self._wake)
+                if self._stop_worker:
+                    return
+                self._wake = False
+                if not self._active:
+                    continue
+                self._busy = True
+            try:
+                self._cycle()
+            except Exception as exc:  # the control thread must survive anything
+                self._last_error = f"control cycle failed: {exc!r}"
+                self.get_logger().error(self._last_error)
+            finally:
+                with self._cv:
+                    self._busy = False
+                    self._cv.notify_all()
+
+    def _state_reason(self, frame: _Frame | None, instruction: str | None) -> str:
+        age = None if frame is None else (self.get_clock().now().nanoseconds - frame.recv_ns) * 1e-9
+        return hold_reason(active=self._active, enabled=self._enabled, finished=self._finished,
+                           instruction=instruction, frame_age_s=age, image_timeout_s=self._cfg.image_timeout_s)
+
+    def _cycle(self) -> None:
+        new = self._frames.take()
+        frame = new or self._frames.peek()
+        with self._lock:
+            instruction, gen, cfg = self._instruction, self._instr_gen, self._cfg
+            reset, self._reset_pending = self._reset_pending, False
+            policy, dry_run = self._policy, self._dry_run
+            reason = self._state_reason(frame, instruction)
+        if self._lockstep:
+            if frame is None:
+                return  # nothing to answer yet
+            if self._answered is not None and self._answered[0] == frame.key:
+                if new is not None:  # the bridge re-published it: same answer, no second inference
+                    self._publish(self._answered[1])
+                return
+        if reason:
+            self._hold(frame, reason)
+            return
+        if reset:
+            policy.reset()
+        img = center_crop(frame.rgb, cfg.center_crop_scale) if cfg.center_crop else frame.rgb
+        t0 = time.perf_counter()
+        try:
+            out = policy.act(img, instruction)
+        except Exception as exc:
+            self._last_error = f"inference failed: {exc!r}"
+            self._hold(frame, "inference_error", log=self._last_error)
+            return
+        ms = (time.perf_counter() - t0) * 1e3
+        self._last_ms, self._sum_ms, self._n_inferences = ms, self._sum_ms + ms, self._n_inferences + 1
+        raw = np.asarray(out.action, dtype=np.float64).reshape(-1)
+        try:
+            cmd = shape_action(raw, policy.metadata.action_space, policy.metadata.gripper_convention, cfg)
+        except ValueError as exc:
+            self._last_error = f"invalid policy output: {exc}"
+            self._hold(frame, "invalid_output", raw=raw, log=self._last_error, ms=ms)
+            return
+        with self._lock:  # the world may have changed while the model ran
+            if gen != self._instr_gen:
+                self._wake = True  # the new instruction gets its own cycle
+                return
+            reason = self._state_reason(frame, instruction)
+            if not reason and out.done:
+                self._finished, reason = True, "finished"
+            elif not reason and dry_run:
+                reason = "dry_run"
+        msg = self._make_msg(frame, cmd, reason, raw, finished=reason == "finished")
+        if self._lockstep:
+            self._answered = (frame.key, msg)
+        if not reason:
+            self._last_gripper = cmd.gripper
+            self._own_step += 1
+        self._publish(msg, ms)
+
+    def _hold(self, frame: _Frame | None, reason: str, raw: np.ndarray | None = None, log: str = "",
+              ms: float = 0.0) -> None:
+        if self._lockstep:  # one hold per observation and reason, not one per wake-up
+            key = (frame.key if frame else None, reason)
+            if key == self._last_hold_key:
+                return
+            self._last_hold_key = key
+        if log and reason != self._last_reason:
+            self.get_logger().error(log)
+        self._publish(self._make_msg(frame, None, reason, raw), ms)
+
+    def _make_msg(self, frame: _Frame | None, cmd, reason: str, raw: np.ndarray | None,
+                  finished: bool = False) -> VlaAction:
+        policy = self._policy
+        msg = VlaAction()
+        msg.header.stamp = frame.stamp if frame is not None else self.get_clock().now().to_msg()
+        msg.header.frame_id = self._base_frame
+        if frame is not None and frame.from_episode:
+            msg.episode_id, msg.step = frame.episode_id, frame.step
+        else:
+            msg.episode_id, msg.step = self._own_episode, self._own_step
+        if raw is not None:
+            msg.raw_action = [float(v) for v in raw]
+        if policy is not None:
+            msg.action_space = policy.metadata.action_space.name
+            msg.dt = float(policy.metadata.action_space.dt)
+        msg.hold, msg.hold_reason, msg.finished = bool(reason), reason, finished
+        if cmd is not None and not reason:
+            msg.twist.linear.x, msg.twist.linear.y, msg.twist.linear.z = (float(v) for v in cmd.linear)
+            msg.twist.angular.x, msg.twist.angular.y, msg.twist.angular.z = (float(v) for v in cmd.angular)
+            msg.gripper = float(cmd.gripper)
+        else:  # hold: zero twist, gripper unchanged
+            msg.gripper = float(self._last_gripper)
+        return msg
+
+    def _publish(self, msg: VlaAction, inference_ms: float = 0.0) -> None:
+        pub = self._pub_action
+        if pub is None or not pub.is_activated:
+            return
+        pub.publish(msg)
+        if self._pub_twist is not None:
+            tw = TwistStamped()
+            tw.header.stamp = self.get_clock().now().to_msg()  # servo controllers judge age by receipt
+            tw.header.frame_id = msg.header.frame_id
+            k = self._twist_scale / msg.dt if msg.dt > 0 else 0.0
+            for part in ("linear", "angular"):
+                src, dst = getattr(msg.twist, part), getattr(tw.twist, part)
+                dst.x, dst.y, dst.z = src.x * k, src.y * k, src.z * k
+            self._pub_twist.publish(tw)
+        with self._lock:
+            if msg.hold:
+                self._holds += 1
+            else:
+                self._actions += 1
+            self._last_reason = msg.hold_reason
+        self._rate.tick()
+        if self._action_server is not None:
+            self._action_server.on_published(msg, inference_ms)
+
+    # ------------------------------------------------------------------ status
+    def status(self) -> PolicyStatus:
+        """The current PolicyStatus (also published periodically)."""
+        st = PolicyStatus()
+        st.header.stamp = self.get_clock().now().to_msg()
+        with self._lock:
+            if not self._active:
+                st.state, st.hold_reason = PolicyStatus.STATE_INACTIVE, "inactive"
+            elif self._finished:
+                st.state, st.hold_reason = PolicyStatus.STATE_FINISHED, "finished"
+            elif self._last_reason in _ERROR_REASONS:
+                st.state, st.hold_reason = PolicyStatus.STATE_ERROR, self._last_reason
+            elif self._last_reason:
+                st.state, st.hold_reason = PolicyStatus.STATE_HOLDING, self._last_reason
+            else:
+                st.state = PolicyStatus.STATE_ACTIVE
+            st.state_name = {0: "unconfigured", 1: "inactive", 2: "active", 3: "holding", 4: "finished",
+                             5: "error"}[st.state]
+            st.model_id = self._policy.metadata.model_id if self._policy is not None else ""
+            st.instruction = self._instruction or ""
+            st.last_inference_ms = float(self._last_ms)
+            st.mean_inference_ms = float(self._sum_ms / self._n_inferences) if self._n_inferences else 0.0
+            st.actions_published, st.holds_published = self._actions, self._holds
+            st.rejected_inputs = self._rejections.total
+            st.last_error = self._last_error
+        st.control_rate_hz = float(self._rate.rate())
+        st.dropped_frames = self._frames.dropped
+        return st
+
+    def _publish_status(self) -> None:
+        st = self.status()
+        if self._pub_status is None:
+            return
+        self._pub_status.publish(st)
+        level = {PolicyStatus.STATE_ACTIVE: DiagnosticStatus.OK, PolicyStatus.STATE_ERROR: DiagnosticStatus.ERROR}
+        diag = DiagnosticArray()
+        diag.header.stamp = st.header.stamp
+        diag.status = [DiagnosticStatus(
+            level=level.get(st.state, DiagnosticStatus.WARN), name=f"{self.get_name()}: control",
+            message=st.state_name + (f" ({st.hold_reason})" if st.hold_reason else ""), hardware_id=st.model_id,
+            values=[KeyValue(key=k, value=str(v)) for k, v in (
+                ("instruction", st.instruction), ("mean_inference_ms", f"{st.mean_inference_ms:.2f}"),
+                ("control_rate_hz", f"{st.control_rate_hz:.2f}"), ("actions_published", st.actions_published),
+                ("holds_published", st.holds_published), ("dropped_frames", st.dropped_frames),
+                ("rejected_inputs", st.rejected_inputs), ("last_error", st.last_error))])]
+        self._pub_diag.publish(diag)
+
+
+def _raise_interrupt(signum, frame) -> None:
+    raise KeyboardInterrupt
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Console script ``vla_policy_node``: spin until SIGINT/SIGTERM, then hold and release the model."""
+    args = sys.argv if argv is None else [sys.argv[0], *argv]
+    # Our own signal handling: on Ctrl-C the context must still be up to publish a final hold.
+    rclpy.init(args=args, signal_handler_options=SignalHandlerOptions.NO)
+    signal.signal(signal.SIGTERM, _raise_interrupt)
+    node = None
+    try:
+        node = VlaPolicyNode()
+        executor = MultiThreadedExecutor(num_threads=4)
+        executor.add_node(node)
+        try:
+            executor.spin()
+        finally:
+            executor.shutdown(timeout_sec=1.0)
+    except (KeyboardInterrupt, ExternalShutdownException):
+        pass
+    finally:
+        if node is not None:
+            node.trigger_shutdown()  # publishes a hold if active, releases the policy
+            node.destroy_node()
+        rclpy.try_shutdown()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

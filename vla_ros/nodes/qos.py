@@ -1,0 +1,32 @@
+"""QoS profiles of the vla_ros graph, one definition for the policy node, the bridge and tests."""
+
+from __future__ import annotations
+
+from rclpy.qos import (
+    QoSDurabilityPolicy,
+    QoSHistoryPolicy,
+    QoSProfile,
+    QoSReliabilityPolicy,
+)
+
+RELIABILITY = {"best_effort": QoSReliabilityPolicy.BEST_EFFORT, "reliable": QoSReliabilityPolicy.RELIABLE}
+
+
+def image_qos(reliability: str = "best_effort") -> QoSProfile:
+    """Sensor-data QoS with depth 1: only the newest frame matters, older ones are never queued.
+
+    BEST_EFFORT (the default, as ``qos_profile_sensor_data``) matches BEST_EFFORT and RELIABLE
+    publishers alike; RELIABLE (matches RELIABLE publishers only) makes DDS retransmit lost frames.
+    """
+    try:
+        rel = RELIABILITY[reliability]
+    except KeyError:
+        raise ValueError(f"image reliability {reliability!r} not in {sorted(RELIABILITY)}") from None
+    return QoSProfile(history=QoSHistoryPolicy.KEEP_LAST, depth=1, reliability=rel,
+                      durability=QoSDurabilityPolicy.VOLATILE)
+
+
+def command_qos(depth: int = 10) -> QoSProfile:
+    """RELIABLE + VOLATILE: instructions (so `ros2 topic pub --once` matches), actions, status."""
+    return QoSProfile(history=QoSHistoryPolicy.KEEP_LAST, depth=depth, reliability=QoSReliabilityPolicy.RELIABLE,
+                      durability=QoSDurabilityPolicy.VOLATILE)
