@@ -137,9 +137,10 @@ def shape_action(raw: np.ndarray, space: ActionSpace, checkpoint_convention: str
     Raises ValueError on a wrong length or NaN/inf (the caller holds with ``invalid_output``).
     """
     raw = np.asarray(raw, dtype=np.float64).reshape(-1)
-    if raw.shape == (MOTION_DIMS + 1,):
-        raw = raw.copy()
-        raw[:MOTION_DIMS] = np.clip(raw[:MOTION_DIMS], cfg.clamp_low, cfg.clamp_high)  # NaN stays NaN
+    # Refuse before clamping: a clamp would silently turn inf into a full-scale command.
+    policy_to_command(raw, space, checkpoint_convention)
+    raw = raw.copy()
+    raw[:MOTION_DIMS] = np.clip(raw[:MOTION_DIMS], cfg.clamp_low, cfg.clamp_high)
     cmd = policy_to_command(raw, space, cfg.gripper_convention or checkpoint_convention)
     cmd.linear = limit_norm(cmd.linear, cfg.max_linear_step_m)
     cmd.angular = limit_norm(cmd.angular, cfg.max_angular_step_rad)
