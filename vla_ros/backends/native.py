@@ -1,0 +1,139 @@
+"""``native`` backend: the project's Prismatic VLA, from its own or OpenVLA-format checkpoint directories.
+
+``path`` is a checkpoint directory, or ``preset:<name>`` for random weights (benchmarks; small presets get a
+tokenizer built here). Options: ``device`` (auto/cpu/cuda), ``dtype``, ``quantization`` (none/8bit/4bit),
+``adapter`` (+ ``merge_adapter``), ``unnorm_key``, ``center_crop``, ``fast`` (static cache + CUDA graphs for
+batch-1 decoding; off = the plain dynamic-cache loop).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import deque
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from vla_ros.conventions import ActionSpace
+from vla_ros.models.prismatic.checkpoint import load_model, random_model
+from vla_ros.models.prismatic.fast_decode import StaticGreedyDecoder
+from vla_ros.models.prismatic.modeling_prismatic import PrismaticForActionPrediction
+from vla_ros.models.prismatic.presets import make_config
+from vla_ros.models.prismatic.processor_prismatic import PrismaticProcessor, check_image
+from vla_ros.normalization import identity_statistics
+from vla_ros.policy import Policy, PolicyMetadata, PolicyOutput
+
+log = logging.getLogger(__name__)
+_DTYPES = {"bf16": torch.bfloat16, "bfloat16": torch.bfloat16, "fp16": torch.float16, "float16": torch.float16,
+           "fp32": torch.float32, "float32": torch.float32}
+
+
+def parse_dtype(dtype: str | torch.dtype | None) -> torch.dtype | None:
+    if dtype is None or isinstance(dtype, torch.dtype):
+        return dtype
+    try:
+        return _DTYPES[str(dtype).lower()]
+    except KeyError:
+        raise ValueError(f"unknown dtype {dtype!r}; known: {sorted(_DTYPES)}") from None
+
+
+class PrismaticPolicy(Policy):
+    """:class:`~vla_ros.policy.Policy` over a :class:`PrismaticForActionPrediction` and its processor.
+
+    With ``action_chunk`` K > 1 one model call yields K actions: single-image calls return them one per call
+    from a queue (``reset()`` clears it); ``done`` is reported with the chunk's last action."""
+
+    def __init__(self, model: PrismaticForActionPrediction, processor: PrismaticProcessor,
+                 unnorm_key: str | None = None, fast: bool = True, model_id: str = ""):
+        self.model = model
+        self.processor = processor
+        cfg = model.config
+        self.normalizer = model.get_normalizer(unnorm_key)  # fails now, listing the keys, if ambiguous
+        self.unnorm_key = unnorm_key or next(iter(cfg.norm_stats))
+        self.device = model.get_input_embeddings().weight.device
+        self.fast = bool(fast)
+        self._decoder: StaticGreedyDecoder | None = None
+        self._queue: deque[PolicyOutput] = deque()
+        self.metadata = PolicyMetadata(
+            model_id=model_id or "native",
+            action_space=ActionSpace.from_dict(cfg.action_space),
+            gripper_convention=cfg.gripper_convention,
+            image_flip=cfg.image_flip,
+            image_size=cfg.image_size,
+            action_dim=cfg.action_dim,
+            predicts_done=cfg.predict_done,
+            extra={"unnorm_key": self.unnorm_key, "action_chunk": cfg.action_chunk, "backend": "native",
+                   "center_crop": processor.center_crop},
+        )
+
+    def decode_tokens(self, images: list[np.ndarray], instructions: list[str], fast: bool | None = None,
+                      ) -> np.ndarray:
+        """(B, n_tokens) greedy token ids for the inputs."""
+        batch = self.processor(images=[check_image(i) for i in images], instructions=list(instructions))
+        ids = batch["input_ids"].to(self.device)
+        mask = batch["attention_mask"].to(self.device)
+        pix = batch["pixel_values"].to(self.device)
+        use_fast = self.fast if fast is None else fast
+        with torch.inference_mode():
+            if use_fast and ids.shape[0] == 1:
+                if self._decoder is None:
+                    self._decoder = StaticGreedyDecoder(self.model)
+                tokens = self._decoder.generate(ids, pix)
+            else:
+                tokens = self.model.generate_action_tokens(ids, pix, mask)
+        return tokens.cpu().numpy()
+
+    def act_batch(self, images: list[np.ndarray], instructions: list[str]) -> list[PolicyOutput]:
+        if len(images) != len(instructions) or not images:
+            raise ValueError(f"need as many images as instructions (>0), got {len(images)} and {len(instructions)}")
+        if len(images) == 1 and self._queue:
+            return [self._queue.popleft()]
+        tokens = self.decode_tokens(images, instructions)
+        actions, done = self.model.tokens_to_actions(tokens)
+        actions = self.normalizer.unnormalize(actions)  # (B, K, D) float64
+        chunk = actions.shape[1]
+        if len(images) == 1 and chunk > 1:
+            outs = [PolicyOutput(actions[0, k].copy(), done=bool(done[0]) and k == chunk - 1) for k in range(chunk)]
+            self._queue.extend(outs[1:])
+            return [outs[0]]
+        return [PolicyOutput(actions[b, 0].copy(), done=bool(done[b])) for b in range(len(images))]
+
+    def reset(self) -> None:
+        self._queue.clear()
+
+    def close(self) -> None:
+        self._decoder = None
+        self.model = None  # type: ignore[assignment]
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+
+
+def random_policy(preset: str, device: str | None = "auto", dtype: torch.dtype | None = None,
+                  quantization: str | None = "none", seed: int = 0, fast: bool = True) -> PrismaticPolicy:
+    """A policy with random weights for a preset (benchmarks, smoke tests); identity action statistics."""
+    from vla_ros.models.tokenization import build_tokenizer
+
+    # A tokenizer of our own (no Llama-2 tokenizer offline); openvla-7b keeps its 32000-id action layout.
+    tok, info = build_tokenizer(["pick up the black bowl and place it on the plate"], text_vocab_size=300)
+    if preset == "openvla-7b":
+        cfg = make_config(preset, prompt_suffix_token_id=None)
+    else:
+        cfg = make_config(preset, action_vocab_size=info.action_vocab_size)
+    cfg.norm_stats = identity_statistics(cfg.action_dim, "random")
+    model = random_model(cfg, device=device, dtype=dtype, quantization=quantization, seed=seed)
+    return PrismaticPolicy(model, PrismaticProcessor(tok, cfg), fast=fast, model_id=f"preset:{preset}:random")
+
+
+def load(path: str | None = None, device: str | None = "auto", dtype: str | torch.dtype | None = None,
+         quantization: str | None = "none", adapter: str | None = None, merge_adapter: bool = False,
+         unnorm_key: str | None = None, center_crop: bool | None = None, fast: bool = True, seed: int = 0,
+         ) -> PrismaticPolicy:
+    if not path:
+        raise ValueError("the native backend needs a checkpoint directory or 'preset:<name>'")
+    if str(path).startswith("preset:"):
+        return random_policy(str(path).split(":", 1)[1], device=device, dtype=parse_dtype(dtype),
+                             quantization=quantization, seed=seed, fast=fast)
+    model, processor = load_model(path, device=device, dtype=parse_dtype(dtype), quantization=quantization,
+                                  adapter=adapter, merge_adapter=merge_adapter, center_crop=center_crop)
+    return PrismaticPolicy(model, processor, unnorm_key=unnorm_key, fast=fast, model_id=str(Path(path).name))

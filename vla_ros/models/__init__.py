@@ -1,0 +1,1 @@
+"""Model definitions of vla_ros (ROS-free). ``prismatic``: the native Prismatic/OpenVLA-style VLA."""

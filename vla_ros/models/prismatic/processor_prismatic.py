@@ -1,0 +1,103 @@
+"""Prompting and image preprocessing of the Prismatic VLA, as OpenVLA does them.
+
+Images: resize to the backbone resolution (bicubic, as timm's data config for DINOv2/SigLIP), optional centre
+crop of 90% area resized back (for models trained with random-crop augmentation, OpenVLA's ``center_crop``),
+per-backbone mean/std normalisation; a fused backbone gets a 6-channel stack of its two preprocessings.
+Prompt: ``In: What action should the robot take to {instruction.lower()}?\\nOut:``; for Llama-2 tokenizers
+OpenVLA appends the ``"▁"`` token (id 29871) when the prompt does not end with it.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+from PIL import Image
+from transformers import BatchFeature, PreTrainedTokenizerBase
+
+from vla_ros.models.prismatic.configuration_prismatic import PrismaticConfig
+
+_INTERP = {"bicubic": Image.BICUBIC, "bilinear": Image.BILINEAR, "nearest": Image.NEAREST}
+CENTER_CROP_AREA = 0.9
+
+
+def check_image(img: np.ndarray) -> np.ndarray:
+    a = np.asarray(img)
+    if a.ndim != 3 or a.shape[2] != 3 or a.dtype != np.uint8 or min(a.shape[:2]) < 1:
+        raise ValueError(f"expected an HxWx3 uint8 RGB image, got shape {a.shape} dtype {a.dtype}")
+    return a
+
+
+def resize_and_crop(img: np.ndarray, size: int, interpolation: str = "bicubic",
+                    center_crop: bool = False) -> Image.Image:
+    """Resize to ``size``x``size``; with ``center_crop`` take the central 90%-area crop and resize it back."""
+    pil = Image.fromarray(check_image(img)).resize((size, size), _INTERP[interpolation])
+    if center_crop:
+        side = size * math.sqrt(CENTER_CROP_AREA)
+        off = (size - side) / 2.0
+        pil = pil.resize((size, size), Image.BILINEAR, box=(off, off, off + side, off + side))
+    return pil
+
+
+class PrismaticProcessor:
+    """Turns (image, instruction) pairs into ``input_ids``, ``attention_mask`` and ``pixel_values``."""
+
+    def __init__(self, tokenizer: PreTrainedTokenizerBase, config: PrismaticConfig, center_crop: bool | None = None):
+        self.tokenizer = tokenizer
+        self.tokenizer.padding_side = "left"  # generation: prompts right-aligned
+        if self.tokenizer.pad_token is None:
+            self.tokenizer.pad_token = self.tokenizer.unk_token or self.tokenizer.eos_token
+        self.backbones = config.vision_backbones
+        self.prompt_template = config.prompt_template
+        self.center_crop = config.center_crop if center_crop is None else bool(center_crop)
+        self.suffix_id = config.prompt_suffix_token_id
+        # OpenVLA's "▁" suffix only makes sense for the Llama-2 tokenizer it was written for
+        if self.suffix_id is not None and (self.suffix_id >= len(tokenizer)
+                                           or tokenizer.convert_ids_to_tokens(self.suffix_id) != "▁"):
+            self.suffix_id = None
+
+    def prompt(self, instruction: str) -> str:
+        if not isinstance(instruction, str) or not instruction.strip():
+            raise ValueError(f"instruction must be a non-empty string, got {instruction!r}")
+        return self.prompt_template.format(instruction=instruction.strip().lower())
+
+    def pixel_values(self, images: list[np.ndarray]) -> torch.Tensor:
+        """(B, 3 * n_backbones, S, S) float32."""
+        out = []
+        for img in images:
+            chans, cache = [], {}
+            for spec in self.backbones:
+                key = (spec["image_size"], spec.get("interpolation", "bicubic"))
+                if key not in cache:  # both towers of openvla-7b share one resize
+                    pil = resize_and_crop(img, key[0], key[1], self.center_crop)
+                    cache[key] = torch.from_numpy(np.asarray(pil, dtype=np.float32) / 255.0).permute(2, 0, 1)
+                mean = torch.tensor(spec["mean"], dtype=torch.float32)[:, None, None]
+                std = torch.tensor(spec["std"], dtype=torch.float32)[:, None, None]
+                chans.append((cache[key] - mean) / std)
+            out.append(torch.cat(chans, dim=0))
+        return torch.stack(out)
+
+    def tokenize(self, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        enc = [self.tokenizer(p, add_special_tokens=True)["input_ids"] for p in prompts]
+        if self.suffix_id is not None:
+            enc = [ids if ids[-1] == self.suffix_id else [*ids, self.suffix_id] for ids in enc]
+        n = max(len(e) for e in enc)
+        pad = self.tokenizer.pad_token_id
+        ids = torch.tensor([[pad] * (n - len(e)) + e for e in enc], dtype=torch.long)
+        mask = torch.tensor([[0] * (n - len(e)) + [1] * len(e) for e in enc], dtype=torch.long)
+        return ids, mask
+
+    def __call__(self, text: str | list[str] | None = None, images=None, instructions: list[str] | None = None,
+                 return_tensors: str = "pt", **_) -> BatchFeature:
+        """OpenVLA's processor call: ``processor(prompt, image)``; ``instructions=`` builds the prompts here."""
+        if instructions is not None:
+            prompts = [self.prompt(i) for i in instructions]
+        else:
+            prompts = [text] if isinstance(text, str) else list(text or [])
+        imgs = images if isinstance(images, (list, tuple)) else [images]
+        imgs = [np.asarray(i.convert("RGB")) if isinstance(i, Image.Image) else i for i in imgs]
+        if len(imgs) != len(prompts):
+            raise ValueError(f"{len(imgs)} images for {len(prompts)} prompts")
+        ids, mask = self.tokenize(prompts)
+        return BatchFeature({"input_ids": ids, "attention_mask": mask, "pixel_values": self.pixel_values(imgs)})
