@@ -120,11 +120,14 @@ def resolve_graph(graph: GraphSpec, values: dict[str, str]) -> list[ResolvedNode
     nodes = []
     topic_names = topics()
     for spec in graph.nodes:
-        params_file = str(value_of(spec["params_file"]))
-        path = Path(params_file) if Path(params_file).is_absolute() or "/" in params_file \
-            else config_dir() / params_file
-        if not path.is_file():
-            raise FileNotFoundError(f"params file {path} not found")
+        files = spec["params_file"] if isinstance(spec["params_file"], list) else [spec["params_file"]]
+        paths = []
+        for entry in files:
+            name = str(value_of(entry))
+            path = Path(name) if "/" in name else config_dir() / name  # bare names live in config/
+            if not path.is_file():
+                raise FileNotFoundError(f"params file {path} not found")
+            paths.append(path)
         params = {k: value_of(v) for k, v in (spec.get("parameters") or {}).items()}
         remaps = []
         for key, target in (spec.get("remappings") or {}).items():
@@ -134,6 +137,6 @@ def resolve_graph(graph: GraphSpec, values: dict[str, str]) -> list[ResolvedNode
             if new not in ("", None) and str(new) != topic_names[key]:
                 remaps.append((topic_names[key], str(new)))
         nodes.append(ResolvedNode(package=spec.get("package", "vla_ros"), executable=spec["executable"],
-                                  name=spec.get("name", spec["executable"]), params_files=[path],
+                                  name=spec.get("name", spec["executable"]), params_files=paths,
                                   parameters=params, remappings=remaps))
     return nodes
