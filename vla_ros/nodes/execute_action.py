@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import collections
 import threading
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -40,7 +39,6 @@ class InstructionActionServer:
         self._cv = threading.Condition()
         self._events: collections.deque[tuple[VlaAction, float]] = collections.deque()
         self._busy = False
-        self._closing = False
         self._server = ActionServer(
             node, ExecuteInstruction, name, self._execute, callback_group=ReentrantCallbackGroup(),
             goal_callback=self._on_goal, cancel_callback=lambda _req: CancelResponse.ACCEPT)
@@ -52,19 +50,10 @@ class InstructionActionServer:
                 self._events.append((msg, inference_ms))
                 self._cv.notify_all()
 
-    def destroy(self) -> None:
-        with self._cv:
-            self._closing = True
-            self._cv.notify_all()
-        deadline = time.monotonic() + 5.0
-        with self._cv:  # let a running goal finish with "aborted" before the server goes
-            self._cv.wait_for(lambda: not self._busy, timeout=max(0.0, deadline - time.monotonic()))
-        self._server.destroy()
-
     # ---- action server callbacks
     def _on_goal(self, goal: ExecuteInstruction.Goal) -> GoalResponse:
         with self._cv:
-            busy = self._busy or self._closing
+            busy = self._busy
         why = "another goal is running" if busy else self._hooks.can_accept(goal.instruction)
         if why:
             self._node.get_logger().warning(f"ExecuteInstruction goal rejected: {why}")
@@ -82,10 +71,9 @@ class InstructionActionServer:
             deadline = self._hooks.now_s() + goal.timeout_s if goal.timeout_s > 0 else None
             while True:
                 with self._cv:
-                    self._cv.wait_for(lambda: self._events or self._closing or gh.is_cancel_requested, timeout=0.05)
+                    self._cv.wait_for(lambda: self._events or gh.is_cancel_requested, timeout=0.05)
                     events = list(self._events)
                     self._events.clear()
-                    closing = self._closing
                 for msg, ms in events:
                     if not msg.hold:
                         result.steps += 1
@@ -111,7 +99,7 @@ class InstructionActionServer:
                     result.reason = "timeout"
                     gh.abort()
                     return result
-                if closing or not self._hooks.is_active() or self._hooks.generation() != gen:
+                if not self._hooks.is_active() or self._hooks.generation() != gen:
                     result.reason = "aborted"  # node deactivated, or the topic replaced the instruction
                     gh.abort()
                     return result

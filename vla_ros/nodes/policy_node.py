@@ -99,7 +99,7 @@ class VlaPolicyNode(LifecycleNode):
         self._wake = False
         self._busy = False
         self._ctl_timer = None
-        self._entities: list[Any] = []
+        self._interfaces_made = False
         self._pub_action = self._pub_twist = self._pub_status = self._pub_diag = None
         self._base_frame: str = p["base_frame"]
         self._action_server: InstructionActionServer | None = None
@@ -142,33 +142,8 @@ class VlaPolicyNode(LifecycleNode):
         meta = self._policy.metadata
         self.get_logger().info(f"loaded {meta.model_id} ({p['backend']}), action space {meta.action_space.name}, "
                                f"gripper {meta.gripper_convention}, image flip {meta.image_flip}")
-        t = topics()
-        self._pub_action = self.create_lifecycle_publisher(VlaAction, t["action"], command_qos())
-        self._pub_twist = (self.create_lifecycle_publisher(TwistStamped, t["twist"], command_qos())
-                           if p["publish_twist"] else None)
-        # Status and diagnostics are plain publishers: they also report an inactive node.
-        self._pub_status = self.create_publisher(PolicyStatus, t["status"], command_qos())
-        self._pub_diag = self.create_publisher(DiagnosticArray, t["diagnostics"], command_qos())
-        inputs = MutuallyExclusiveCallbackGroup()  # short store-and-notify callbacks
-        subs = [
-            self.create_subscription(Image, t["camera_image"], self._on_image, image_qos(p["image_reliability"]),
-                                     callback_group=inputs),
-            self.create_subscription(String, t["instruction"], self._on_instruction, command_qos(),
-                                     callback_group=inputs),
-        ]
-        if p["subscribe_episode_status"]:
-            subs.append(self.create_subscription(EpisodeStatus, t["episode_status"], self._on_episode,
-                                                 command_qos(), callback_group=inputs))
-        srv = self.create_service(SetBool, t["enable_service"], self._on_enable, callback_group=inputs)
-        steady = Clock(clock_type=ClockType.STEADY_TIME)  # status flows even when sim time stands still
-        status_timer = self.create_timer(1.0 / p["status_rate_hz"], self._publish_status, callback_group=inputs,
-                                         clock=steady)
-        self._entities = [*subs, srv, status_timer]
-        if p["enable_action_server"]:
-            self._action_server = InstructionActionServer(self, t["execute_action"], GoalHooks(
-                can_accept=self._can_accept_goal, start=self._start_goal, stop=self._clear_instruction,
-                generation=lambda: self._instr_gen, now_s=lambda: self.get_clock().now().nanoseconds * 1e-9,
-                is_active=lambda: self._active))
+        if not self._interfaces_made:
+            self._make_interfaces(p)
         self._stop_worker = False
         self._worker = threading.Thread(target=self._worker_loop, name="vla_policy_worker", daemon=True)
         self._worker.start()
@@ -179,8 +154,8 @@ class VlaPolicyNode(LifecycleNode):
         with self._lock:
             self._active = True
             self._answered, self._last_hold_key = None, None
-        if not self._lockstep:
-            self._make_control_timer()
+        if self._ctl_timer is not None:
+            self._ctl_timer.reset()  # (re)starts the stopped timer
         self._notify()
         self.get_logger().info(f"active ({'lockstep' if self._lockstep else f'{self._rate_hz:g} Hz'})")
         return ret
@@ -212,6 +187,42 @@ class VlaPolicyNode(LifecycleNode):
                 options[key] = p[key]
         return load_policy(p["backend"], p["checkpoint"] or None, **options)
 
+    def _make_interfaces(self, p: dict[str, Any]) -> None:
+        """Topics, services, timers and the action server, made at the first configure and kept.
+
+        They are not destroyed on cleanup: with rclpy 9 (Kilted) destroying a subscription while a
+        MultiThreadedExecutor waits on it can kill the executor (InvalidHandle in
+        event_handler.add_to_wait_set, seen in this project's tests). Unconfigured, the callbacks
+        only store inputs; nothing acts without a policy and an active state.
+        """
+        t = topics()
+        self._pub_action = self.create_lifecycle_publisher(VlaAction, t["action"], command_qos())
+        self._pub_twist = (self.create_lifecycle_publisher(TwistStamped, t["twist"], command_qos())
+                           if p["publish_twist"] else None)
+        # Status and diagnostics are plain publishers: they also report an inactive or unconfigured node.
+        self._pub_status = self.create_publisher(PolicyStatus, t["status"], command_qos())
+        self._pub_diag = self.create_publisher(DiagnosticArray, t["diagnostics"], command_qos())
+        inputs = MutuallyExclusiveCallbackGroup()  # short store-and-notify callbacks
+        self.create_subscription(Image, t["camera_image"], self._on_image, image_qos(p["image_reliability"]),
+                                 callback_group=inputs)
+        self.create_subscription(String, t["instruction"], self._on_instruction, command_qos(), callback_group=inputs)
+        if p["subscribe_episode_status"]:
+            self.create_subscription(EpisodeStatus, t["episode_status"], self._on_episode, command_qos(),
+                                     callback_group=inputs)
+        self.create_service(SetBool, t["enable_service"], self._on_enable, callback_group=inputs)
+        steady = Clock(clock_type=ClockType.STEADY_TIME)  # status flows even when sim time stands still
+        self.create_timer(1.0 / p["status_rate_hz"], self._publish_status, callback_group=inputs, clock=steady)
+        if not self._lockstep:
+            # Node clock: under use_sim_time the control rate follows /clock. Started on activate.
+            self._ctl_timer = self.create_timer(1.0 / self._rate_hz, self._notify, callback_group=inputs,
+                                                autostart=False)
+        if p["enable_action_server"]:
+            self._action_server = InstructionActionServer(self, t["execute_action"], GoalHooks(
+                can_accept=self._can_accept_goal, start=self._start_goal, stop=self._clear_instruction,
+                generation=lambda: self._instr_gen, now_s=lambda: self.get_clock().now().nanoseconds * 1e-9,
+                is_active=lambda: self._active))
+        self._interfaces_made = True
+
     def _stop_control(self) -> None:
         """Stop acting, let an inference in flight end, then command one hold (reason inactive)."""
         with self._cv:
@@ -219,35 +230,18 @@ class VlaPolicyNode(LifecycleNode):
             self._cv.notify_all()
             self._cv.wait_for(lambda: not self._busy, timeout=5.0)
         if self._ctl_timer is not None:
-            self.destroy_timer(self._ctl_timer)
-            self._ctl_timer = None
+            self._ctl_timer.cancel()
         frame = self._frames.peek()
         self._publish(self._make_msg(frame, None, "inactive", None))
 
     def _teardown(self) -> None:
-        """Undo configure; drop every reference to the policy so its memory (GPU included) goes."""
+        """Undo configure: stop the worker and drop every reference to the policy (GPU memory included)."""
         with self._cv:
             self._stop_worker = True
             self._cv.notify_all()
         if self._worker is not None:
             self._worker.join(timeout=10.0)
             self._worker = None
-        if self._action_server is not None:
-            self._action_server.destroy()
-            self._action_server = None
-        for ent in self._entities:
-            ent.destroy()
-        self._entities = []
-        for name in ("_pub_action", "_pub_twist"):
-            pub = getattr(self, name, None)
-            if pub is not None:
-                self.destroy_lifecycle_publisher(pub)
-            setattr(self, name, None)
-        for name in ("_pub_status", "_pub_diag"):
-            pub = getattr(self, name, None)
-            if pub is not None:
-                self.destroy_publisher(pub)
-            setattr(self, name, None)
         policy, self._policy = self._policy, None
         if policy is not None:
             try:
@@ -261,12 +255,6 @@ class VlaPolicyNode(LifecycleNode):
         torch = sys.modules.get("torch")  # only if a backend imported it: never import torch here
         if torch is not None and torch.cuda.is_available():
             torch.cuda.empty_cache()
-
-    def _make_control_timer(self) -> None:
-        if self._ctl_timer is not None:
-            self.destroy_timer(self._ctl_timer)
-        # Node clock: under use_sim_time the control rate follows /clock.
-        self._ctl_timer = self.create_timer(1.0 / self._rate_hz, self._notify)
 
     # ------------------------------------------------------------------ parameters
     def _validate_params(self, params: list) -> SetParametersResult:
@@ -286,7 +274,7 @@ class VlaPolicyNode(LifecycleNode):
         if "control_rate_hz" in values:
             self._rate_hz = values["control_rate_hz"]
             if self._ctl_timer is not None:
-                self._make_control_timer()
+                self._ctl_timer.timer_period_ns = round(1e9 / self._rate_hz)
         self._notify()
 
     # ------------------------------------------------------------------ inputs (never block)
@@ -532,7 +520,9 @@ class VlaPolicyNode(LifecycleNode):
         st = PolicyStatus()
         st.header.stamp = self.get_clock().now().to_msg()
         with self._lock:
-            if not self._active:
+            if self._policy is None:
+                st.state, st.hold_reason = PolicyStatus.STATE_UNCONFIGURED, "inactive"
+            elif not self._active:
                 st.state, st.hold_reason = PolicyStatus.STATE_INACTIVE, "inactive"
             elif self._finished:
                 st.state, st.hold_reason = PolicyStatus.STATE_FINISHED, "finished"
