@@ -11,6 +11,7 @@ from collections.abc import Callable
 
 import numpy as np
 import rclpy
+from builtin_interfaces.msg import Time
 from geometry_msgs.msg import PoseStamped
 from rclpy.executors import SingleThreadedExecutor
 from rclpy.qos import QoSDurabilityPolicy, QoSProfile, QoSReliabilityPolicy, qos_profile_sensor_data
@@ -41,7 +42,7 @@ def libero_to_msg(a, stamp, *, space=LIBERO_ACTION_SPACE, **fields) -> VlaAction
     """A VlaAction carrying LIBERO controller action ``a`` (7 values, gripper -1 open / +1 close)."""
     a = np.asarray(a, dtype=np.float64)
     msg = VlaAction(action_space=space.name, dt=float(space.dt))
-    msg.header.stamp = stamp
+    msg.header.stamp = Time(sec=stamp.sec, nanosec=stamp.nanosec)  # a copy: callers may edit it
     msg.raw_action = [float(v) for v in a]
     t = msg.twist
     t.linear.x, t.linear.y, t.linear.z = (float(v) * space.linear_unit_m for v in a[:3])
