@@ -1,0 +1,144 @@
+"""Turning (image, instruction, action) samples into teacher-forced VLA batches, and OpenVLA's augmentation.
+
+A sample is a mapping with ``image`` (HxWx3 uint8 RGB, camera flip already applied by the dataset reader),
+``instruction`` (str), ``action`` (un-normalised, ``(action_dim,)`` or ``(chunk, action_dim)``) and optionally
+``done`` (bool, for models that predict the episode end). The batch is
+
+    input_ids = [BOS, prompt..., action tokens..., (done token)]      right-padded
+    labels    = [-100 ... -100,  action tokens..., (done token)]      loss on the action tokens only
+
+and the model inserts the image patches after BOS with ignored labels (``PrismaticForActionPrediction.forward``),
+so prompt and image positions never contribute to the loss (OpenVLA, ``prismatic/vla/datasets``). Actions are
+normalised with the checkpoint's q01/q99 statistics and tokenised by the model's own ``ActionTokenizer``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from vla_ros.action_tokenizer import ActionTokenizer
+from vla_ros.models.prismatic.configuration_prismatic import PrismaticConfig
+from vla_ros.models.prismatic.modeling_prismatic import IGNORE_INDEX
+from vla_ros.models.prismatic.processor_prismatic import PrismaticProcessor, check_image
+from vla_ros.normalization import ActionNormalizer
+
+
+@dataclass(frozen=True)
+class AugmentConfig:
+    """OpenVLA's image augmentation (``image_aug`` in its training config): a random resized crop keeping
+    ``crop_scale`` of the area at aspect ratio 1, then brightness/contrast/saturation/hue jitter."""
+
+    crop_scale: float = 0.9
+    brightness: float = 0.2
+    contrast: tuple[float, float] = (0.8, 1.2)
+    saturation: tuple[float, float] = (0.8, 1.2)
+    hue: float = 0.05
+
+
+def sample_seed(*parts: int) -> int:
+    """A stable 63-bit seed from integers (run seed, epoch, position): augmentation stays identical when a
+    run is resumed, whatever happened to the global RNGs in between."""
+    digest = hashlib.blake2b(",".join(str(int(p)) for p in parts).encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little") & (2**63 - 1)
+
+
+def augment_image(img: np.ndarray, cfg: AugmentConfig, seed: int) -> np.ndarray:
+    """One seeded augmentation of an HxWx3 uint8 image (same size out)."""
+    from torchvision.transforms import v2  # lazy: only training with augmentation needs torchvision
+
+    h, w = img.shape[:2]
+    t = torch.from_numpy(np.ascontiguousarray(img)).permute(2, 0, 1)
+    # torchvision's v2 transforms draw from torch's global RNG: fork it so the caller's stream is untouched
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        out = v2.Compose([
+            v2.RandomResizedCrop((h, w), scale=(cfg.crop_scale, cfg.crop_scale), ratio=(1.0, 1.0), antialias=True),
+            v2.ColorJitter(brightness=cfg.brightness, contrast=cfg.contrast, saturation=cfg.saturation, hue=cfg.hue),
+        ])(t)
+    return out.permute(1, 2, 0).contiguous().numpy()
+
+
+class ActionBatchCollator:
+    """Collate function for training and validation (see the module doc for the layout)."""
+
+    def __init__(self, processor: PrismaticProcessor, config: PrismaticConfig, normalizer: ActionNormalizer,
+                 augment: AugmentConfig | None = None):
+        self.processor = processor
+        self.config = config
+        self.normalizer = normalizer
+        self.action_tokenizer = ActionTokenizer(config.action_vocab_size, config.n_action_bins)
+        self.augment = augment
+        if normalizer.dim != config.action_dim:
+            raise ValueError(f"statistics have {normalizer.dim} action dims, the model {config.action_dim}")
+        pad = processor.tokenizer.pad_token_id
+        self.pad_id = int(pad if pad is not None else 0)
+
+    def action_token_ids(self, action: np.ndarray, done: bool = False) -> list[int]:
+        """Normalise, tokenise and (if the model predicts it) append the continue/done token."""
+        c = self.config
+        a = np.asarray(action, dtype=np.float64).reshape(-1, c.action_dim)
+        if a.shape[0] != c.action_chunk:
+            raise ValueError(f"sample has {a.shape[0]} action(s), the model predicts chunks of {c.action_chunk}")
+        if not np.all(np.isfinite(a)):
+            raise ValueError("sample action has NaN/inf values")
+        ids = self.action_tokenizer.encode(self.normalizer.normalize(a)).reshape(-1).tolist()
+        if c.predict_done:
+            ids.append(int(c.done_token_ids[1] if done else c.done_token_ids[0]))
+        return ids
+
+    def __call__(self, samples: Sequence[Mapping], seeds: Sequence[int] | None = None) -> dict[str, torch.Tensor]:
+        if not samples:
+            raise ValueError("empty batch")
+        rows, labels, images = [], [], []
+        for i, s in enumerate(samples):
+            img = check_image(s["image"])
+            if self.augment is not None:
+                img = augment_image(img, self.augment, seeds[i] if seeds is not None else i)
+            images.append(img)
+            prompt_ids, _ = self.processor.tokenize([self.processor.prompt(s["instruction"])])
+            prompt = prompt_ids[0].tolist()
+            act = self.action_token_ids(s["action"], bool(s.get("done", False)))
+            rows.append(prompt + act)
+            labels.append([IGNORE_INDEX] * len(prompt) + act)
+        n = max(len(r) for r in rows)
+        ids = torch.full((len(rows), n), self.pad_id, dtype=torch.long)
+        lab = torch.full((len(rows), n), IGNORE_INDEX, dtype=torch.long)
+        mask = torch.zeros((len(rows), n), dtype=torch.long)
+        for r, (row, lrow) in enumerate(zip(rows, labels, strict=True)):  # right padding: BOS stays first
+            ids[r, : len(row)] = torch.tensor(row)
+            lab[r, : len(row)] = torch.tensor(lrow)
+            mask[r, : len(row)] = 1
+        return {"input_ids": ids, "attention_mask": mask, "labels": lab,
+                "pixel_values": self.processor.pixel_values(images)}
+
+
+@torch.no_grad()
+def action_metrics(logits: torch.Tensor, labels: torch.Tensor, action_tokenizer: ActionTokenizer
+                   ) -> dict[str, torch.Tensor]:
+    """Action-token accuracy and L1 error of the decoded (normalised) actions, as OpenVLA logs them.
+
+    ``logits`` cover the full multimodal sequence (image patches inserted after BOS); ``labels`` align with
+    ``input_ids``. Returns summed counts (``correct``, ``l1_sum``, ``n``) so callers can reduce across steps and
+    processes before dividing.
+    """
+    n_patches = logits.shape[1] - labels.shape[1]
+    full = torch.cat([labels[:, :1], torch.full((labels.shape[0], n_patches), IGNORE_INDEX, dtype=labels.dtype,
+                                                device=labels.device), labels[:, 1:]], dim=1)
+    pred = logits[:, :-1].argmax(-1)
+    gt = full[:, 1:]
+    first = action_tokenizer.first_token_id
+    is_act = (gt >= first) & (gt < action_tokenizer.vocab_size)  # the done token is not an action
+    correct = ((pred == gt) & is_act).sum()
+    centers = torch.as_tensor(action_tokenizer.bin_centers, dtype=torch.float32, device=logits.device)
+    n_c = centers.shape[0]
+
+    def decode(ids: torch.Tensor) -> torch.Tensor:
+        return centers[(action_tokenizer.vocab_size - ids - 1).clamp(0, n_c - 1)]
+
+    l1 = (decode(pred[is_act]) - decode(gt[is_act])).abs().sum()
+    return {"correct": correct.float(), "l1_sum": l1.float(), "n": is_act.sum().float()}
