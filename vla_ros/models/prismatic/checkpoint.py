@@ -92,6 +92,8 @@ def load_model(path: str | Path, device: str | torch.device | None = "auto", dty
     model.eval()
     if adapter:
         model = apply_adapter(model, adapter, merge=merge_adapter)
+        if (Path(adapter) / STATS_FILENAME).is_file():  # an adapter fine-tuned on other data un-normalises with
+            model.config.norm_stats = load_statistics(adapter)  # that data's statistics (training/finetune.py)
     tokenizer = AutoTokenizer.from_pretrained(path)
     return model, PrismaticProcessor(tokenizer, model.config, center_crop=center_crop)
 
