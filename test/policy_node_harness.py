@@ -80,13 +80,13 @@ class Harness:
 
     def close(self) -> None:
         self.executor.shutdown(timeout_sec=5.0)
+        self._thread.join(timeout=10.0)  # no callback may run while the nodes are destroyed
         if self.node is not None:
             self.node.trigger_shutdown()
             self.node.destroy_node()
         self.action_client.destroy()
         self.t.destroy_node()
         rclpy.shutdown(context=self.ctx)
-        self._thread.join(timeout=10.0)
 
     # ---- inputs
     def clock(self, t_s: float) -> None:

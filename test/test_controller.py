@@ -10,7 +10,6 @@ from vla_ros.controller import (
     LatestSlot,
     RateMeter,
     RejectionLog,
-    center_crop,
     check_image_size,
     hold_reason,
     shape_action,
@@ -77,7 +76,7 @@ def test_shape_action_refuses_bad_output(raw):
 @pytest.mark.parametrize("changes", [dict(gripper_mode="sticky"), dict(gripper_threshold=1.0),
                                      dict(clamp_low=[-1] * 5), dict(clamp_low=[2] * 6),
                                      dict(max_linear_step_m=0.0), dict(gripper_convention="weird"),
-                                     dict(min_image_side=100, max_image_side=50), dict(center_crop_scale=0.0)])
+                                     dict(min_image_side=100, max_image_side=50)])
 def test_config_validation_rejects(changes):
     with pytest.raises(ValueError):
         ControllerConfig().with_updates(**changes)
@@ -90,16 +89,12 @@ def test_instruction_validation():
             validate_instruction(bad, 100)
 
 
-def test_image_checks_and_center_crop():
+def test_image_size_checks():
     cfg = ControllerConfig(min_image_side=16, max_image_side=64)
     check_image_size(np.zeros((16, 64, 3), np.uint8), cfg)
     for shape in [(8, 32, 3), (32, 65, 3)]:
         with pytest.raises(ValueError):
             check_image_size(np.zeros(shape, np.uint8), cfg)
-    img = np.arange(100 * 100, dtype=np.int64).reshape(100, 100, 1).repeat(3, 2)
-    out = center_crop(img, 0.81)  # 0.9 of each side
-    assert out.shape == (90, 90, 3)
-    assert out[0, 0, 0] == img[5, 5, 0] and out[-1, -1, 0] == img[94, 94, 0]
 
 
 def test_latest_slot_keeps_only_newest_and_counts_drops():

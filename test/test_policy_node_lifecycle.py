@@ -42,7 +42,7 @@ def test_lifecycle_transitions_and_cleanup_releases_the_policy(h):
     h.wait_matched()
     h.instruct("turn on the stove")
     h.image(stamp=3.0)
-    assert not h.wait_action(lambda a: a.header.stamp.sec == 3, "answer while active").hold
+    h.wait_action(lambda a: a.header.stamp.sec == 3 and not a.hold, "answer while active")
 
     assert node.trigger_deactivate() == OK and _state(node) == "inactive"
     last = h.wait_action(lambda a: a.hold_reason == "inactive", "the hold commanded on deactivate")
@@ -53,7 +53,7 @@ def test_lifecycle_transitions_and_cleanup_releases_the_policy(h):
     assert ref() is node._policy
     h.instruct("turn off the stove")
     h.image(stamp=4.0)
-    assert not h.wait_action(lambda a: a.header.stamp.sec == 4, "answer after re-activation").hold
+    h.wait_action(lambda a: a.header.stamp.sec == 4 and not a.hold, "answer after re-activation")
 
     assert node.trigger_deactivate() == OK and node.trigger_cleanup() == OK
     assert _state(node) == "unconfigured"
@@ -128,3 +128,31 @@ def test_action_runs_to_a_result_and_cancel_holds(h):
     held = h.wait_action(lambda a: True, "hold after cancel and timeout", start=mark)
     assert held.hold and held.hold_reason == "no_instruction"
     assert topics()["execute_action"] == "/vla/execute_instruction"
+
+
+@pytest.mark.slow
+def test_native_checkpoint_is_configured_served_and_released(h, tmp_path):
+    pytest.importorskip("timm", reason="the native backend needs torch + timm")
+    from vla_ros.backends.native import random_policy
+    from vla_ros.models.prismatic.checkpoint import save_checkpoint
+
+    built = random_policy("test-fused", device="cpu", fast=False)  # a minuscule Prismatic VLA, random weights
+    ckpt = save_checkpoint(built.model, built.processor.tokenizer, tmp_path / "tiny")
+    del built
+    node = h.start(sim_time=False, auto_start=False, lockstep=True, backend="native", checkpoint=str(ckpt),
+                   device="cpu", center_crop="on", backend_options="{fast: false}")
+    assert node.trigger_configure() == OK, h.status().last_error
+    policy = node._policy
+    assert policy.metadata.extra["backend"] == "native" and policy.processor.center_crop  # option reached it
+    ref, model_ref = weakref.ref(policy), weakref.ref(policy.model)
+    del policy
+    assert node.trigger_activate() == OK
+    h.wait_matched()
+    h.instruct("pick up the black bowl")
+    h.image(value=90, stamp=21.0, size=64)
+    # the image may overtake the instruction (two topics): then a hold comes first, the answer after it
+    a = h.wait_action(lambda a: a.header.stamp.sec == 21 and not a.hold, "an answer from the native model")
+    assert len(a.raw_action) == 7 and a.action_space == "libero_osc_pose_20hz"
+    assert node.trigger_deactivate() == OK and node.trigger_cleanup() == OK
+    gc.collect()
+    assert ref() is None and model_ref() is None, "cleanup left the native model alive"

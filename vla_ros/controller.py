@@ -57,10 +57,6 @@ class ControllerConfig:
     max_instruction_chars: int = 512
     min_image_side: int = 16
     max_image_side: int = 4096
-    center_crop: bool = False
-    # Fraction of the image AREA kept by the centre crop (OpenVLA's evaluation uses 0.9 for models
-    # trained with random-crop augmentation: openvla/experiments/robot/openvla_utils.py).
-    center_crop_scale: float = 0.9
 
     def validate(self) -> None:
         """Raise ValueError naming the first inconsistent setting."""
@@ -83,8 +79,6 @@ class ControllerConfig:
             raise ValueError("max_instruction_chars must be >= 1")
         if not 1 <= self.min_image_side <= self.max_image_side:
             raise ValueError("need 1 <= min_image_side <= max_image_side")
-        if not 0.0 < self.center_crop_scale <= 1.0:
-            raise ValueError(f"center_crop_scale must lie in (0, 1], got {self.center_crop_scale}")
 
     def with_updates(self, **changes) -> ControllerConfig:
         """A validated copy with ``changes`` applied (sequences become tuples)."""
@@ -146,15 +140,6 @@ def shape_action(raw: np.ndarray, space: ActionSpace, checkpoint_convention: str
     cmd.angular = limit_norm(cmd.angular, cfg.max_angular_step_rad)
     cmd.gripper = map_gripper(cmd.gripper, cfg)
     return cmd
-
-
-def center_crop(img: np.ndarray, area_scale: float) -> np.ndarray:
-    """Keep the central ``area_scale`` of the image area (same aspect ratio); the policy resizes."""
-    h, w = img.shape[:2]
-    side = math.sqrt(area_scale)
-    ch, cw = max(1, round(h * side)), max(1, round(w * side))
-    top, left = (h - ch) // 2, (w - cw) // 2
-    return np.ascontiguousarray(img[top:top + ch, left:left + cw])
 
 
 def check_image_size(img: np.ndarray, cfg: ControllerConfig) -> None:

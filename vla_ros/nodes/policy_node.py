@@ -44,7 +44,6 @@ from vla_ros.controller import (
     LatestSlot,
     RateMeter,
     RejectionLog,
-    center_crop,
     check_image_size,
     hold_reason,
     shape_action,
@@ -185,6 +184,8 @@ class VlaPolicyNode(LifecycleNode):
         for key in ("quantization", "adapter", "device", "unnorm_key"):
             if p[key]:
                 options[key] = p[key]
+        if p["center_crop"] != "checkpoint":  # preprocessing is the backend's (same resize as in training)
+            options["center_crop"] = p["center_crop"] == "on"
         return load_policy(p["backend"], p["checkpoint"] or None, **options)
 
     def _make_interfaces(self, p: dict[str, Any]) -> None:
@@ -421,10 +422,9 @@ class VlaPolicyNode(LifecycleNode):
             return
         if reset:
             policy.reset()
-        img = center_crop(frame.rgb, cfg.center_crop_scale) if cfg.center_crop else frame.rgb
         t0 = time.perf_counter()
         try:
-            out = policy.act(img, instruction)
+            out = policy.act(frame.rgb, instruction)
         except Exception as exc:
             self._last_error = f"inference failed: {exc!r}"
             self._hold(frame, "inference_error", log=self._last_error)
