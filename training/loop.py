@@ -98,6 +98,22 @@ def trainable_named(model: torch.nn.Module) -> dict[str, torch.nn.Parameter]:
     return {n: p for n, p in model.named_parameters() if p.requires_grad}
 
 
+def freeze_unused_parameters(model: torch.nn.Module, batch: Mapping[str, torch.Tensor], device) -> int:
+    """Stop training parameters that get no gradient (the ViTs' last block and heads: OpenVLA's featurizer
+    reads the second-to-last block). DDP would otherwise fail on them, or need ``find_unused_parameters``
+    and its per-step graph walk. Found with one forward/backward on the first batch; returns how many."""
+    model.to(device)
+    out = model(**{k: v.to(device) for k, v in batch.items()})
+    out.loss.backward()
+    n = 0
+    for p in model.parameters():
+        if p.requires_grad and p.grad is None:
+            p.requires_grad_(False)
+            n += 1
+        p.grad = None
+    return n
+
+
 class Trainer:
     """Runs ``cfg.steps`` optimizer steps of ``model`` on ``dataset``; resumable; exports via ``export``."""
 
@@ -120,6 +136,9 @@ class Trainer:
         self.dataset = dataset
         if cfg.gradient_checkpointing:
             model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        if self.accelerator.num_processes > 1:
+            frozen = freeze_unused_parameters(model, collator([dataset[0]]), self.accelerator.device)
+            self.accelerator.print(f"froze {frozen} parameter tensors that no forward pass uses")
         params = [p for p in model.parameters() if p.requires_grad]
         if not params:
             raise ValueError("the model has no trainable parameters")
