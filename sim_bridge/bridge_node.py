@@ -110,6 +110,8 @@ class SimBridgeNode(Node):
         self.env = None
         self.stats = ActionStats()
         self.republished = 0
+        # Where the time goes (seconds, summed): LIBERO's step (physics + rendering) vs the bridge's own work.
+        self.timing = {"env_step_s": 0.0, "bridge_s": 0.0, "steps": 0}
         self.instructions_sent = 0
         self.episode_id = 0
         self.sim_ns = 0  # simulated time; only moves forward, also across resets
@@ -343,18 +345,23 @@ class SimBridgeNode(Node):
 
     # ------------------------------------------------------------------ stepping
     def _step(self, action: np.ndarray) -> None:
+        t0 = time.perf_counter()
         try:
             res = self.env.step(action)
         except Exception as exc:  # e.g. a physics blow-up: end the episode, keep the node
             self.get_logger().error(f"step failed: {exc!r}")
             self.end_episode("error")
             return
+        t1 = time.perf_counter()
         self.stats.stepped += 1
         self._gripper = float(action[6])
         self.sim_ns += DT_NS
         self._new_observation(res.obs)
         if res.done:  # the status just published already says done and why
             self._after_end()
+        self.timing["env_step_s"] += t1 - t0
+        self.timing["bridge_s"] += time.perf_counter() - t1
+        self.timing["steps"] += 1
 
     def _on_action(self, msg: VlaAction) -> None:
         st = self.stats
@@ -456,6 +463,10 @@ class SimBridgeNode(Node):
         values = {**st.as_dict(), "republished": self.republished, "episode_id": self.episode_id,
                   "instructions_sent": self.instructions_sent, "stepping_mode": self.mode,
                   "last_end_reason": self.last_end_reason}
+        if self.timing["steps"]:
+            n = self.timing["steps"]
+            values["env_step_ms_mean"] = f"{1e3 * self.timing['env_step_s'] / n:.2f}"
+            values["bridge_publish_ms_mean"] = f"{1e3 * self.timing['bridge_s'] / n:.2f}"
         status = DiagnosticStatus(name=f"{self.get_name()}: actions", hardware_id="libero",
                                   level=DiagnosticStatus.WARN if st.rejected_total else DiagnosticStatus.OK,
                                   message=f"{st.rejected_total} actions rejected" if st.rejected_total else "ok",
@@ -477,8 +488,11 @@ def main(argv: list[str] | None = None) -> int:
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
     except Exception as exc:
-        print(f"sim_bridge_node: {exc}", file=sys.stderr)
-        rc = 1
+        if rclpy.ok():
+            print(f"sim_bridge_node: {exc}", file=sys.stderr)
+            rc = 1
+        # else: SIGINT arrived while the env was being built; rclpy shut the context, publishing then
+        # failed. That is a requested stop, not an error.
     finally:
         if node is not None:
             node.close()

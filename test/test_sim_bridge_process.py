@@ -17,9 +17,10 @@ from rclpy.executors import SingleThreadedExecutor
 from rclpy.qos import QoSProfile, ReliabilityPolicy
 from rosgraph_msgs.msg import Clock
 
-from helpers import REPO, ManagedProcess
+from helpers import REPO, ManagedProcess, spin_until
 from sim_bridge.client import BridgeClient
-from vla_ros.config import config_path
+from vla_ros.config import config_path, topics
+from vla_ros_msgs.srv import ResetEpisode
 
 pytestmark = [pytest.mark.ros, pytest.mark.sim, pytest.mark.slow]
 
@@ -64,3 +65,24 @@ def test_node_process_publishes_resets_and_exits_cleanly_on_sigint(tmp_path):
     # the episode cut short by the reset was recorded, outcome in the name, sidecar beside it
     sidecars = list((tmp_path / "videos").glob("*_ep00001_failure.json"))
     assert len(sidecars) == 1 and sidecars[0].with_suffix(".mp4").is_file()
+
+
+def test_sigint_while_the_env_is_being_built_exits_cleanly(tmp_path):
+    proc = ManagedProcess([*_node_command(), "--ros-args", "-p", "image_size:=64", "-p", "cameras:=[agentview]"],
+                          tmp_path / "bridge.log", cwd=REPO)
+    ctx = rclpy.context.Context()
+    rclpy.init(context=ctx)
+    node = rclpy.create_node("sim_bridge_sigint_test", context=ctx)
+    try:
+        # The node joins the graph before it builds the env (seconds): interrupt it as soon as it is seen.
+        client = node.create_client(ResetEpisode, topics()["reset_service"])
+        ex = SingleThreadedExecutor(context=ctx)
+        ex.add_node(node)
+        spin_until(ex, lambda: "sim_bridge" in node.get_node_names() or client.service_is_ready()
+                   or proc.proc.poll() is not None, 120, "the bridge on the graph")
+    finally:
+        node.destroy_node()
+        rclpy.shutdown(context=ctx)
+        rc = proc.stop(timeout=60)
+    assert rc == 0, proc.output()
+    assert not proc.group_alive()
