@@ -1,0 +1,164 @@
+"""Evaluation through the ROS graph: start ``libero_sim`` (sim_bridge + vla_policy_node, lockstep), drive
+episodes through the bridge's reset service and read ``EpisodeStatus`` until each is done.
+
+The graph is resolved from ``config/graphs.yaml`` by :mod:`vla_ros.graph` and started by
+:class:`vla_ros.launcher.GraphProcesses` (one process group per node) with an own ``ROS_DOMAIN_ID``, so
+parallel evaluation workers never see each other. The bridge starts without an episode
+(``reset_on_start: false``): every episode begins with a reset request, and its result is the bridge's final
+status (the ground truth). The actions the bridge executed are rebuilt from the policy node's ``VlaAction``
+messages (one per observation stamp, holds and re-publications dropped) with the one conversion
+``vla_ros.action_conversion.command_to_libero``, so they compare one to one with in-process evaluation.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import time
+from pathlib import Path
+
+import rclpy
+from rclpy.executors import SingleThreadedExecutor
+from rclpy.qos import QoSDurabilityPolicy, QoSProfile, QoSReliabilityPolicy
+
+from sim_bridge.rollout import EpisodeResult
+from vla_ros.action_conversion import command_to_libero
+from vla_ros.config import topics
+from vla_ros.conventions import get_action_space
+from vla_ros.graph import load_graph, resolve_graph
+from vla_ros.launcher import GraphProcesses
+from vla_ros_msgs.msg import EpisodeStatus, VlaAction
+from vla_ros_msgs.srv import ResetEpisode
+
+LATCHED = QoSProfile(depth=10, reliability=QoSReliabilityPolicy.RELIABLE,
+                     durability=QoSDurabilityPolicy.TRANSIENT_LOCAL)
+RELIABLE = QoSProfile(depth=100, reliability=QoSReliabilityPolicy.RELIABLE,
+                      durability=QoSDurabilityPolicy.VOLATILE)
+
+
+class GraphError(RuntimeError):
+    """The graph failed to start, a node died, or an episode did not end in time."""
+
+
+class GraphEvaluator:
+    """A running ``libero_sim`` graph plus a client node; use as a context manager.
+
+    ``launch_args`` are the graph's arguments (``suite``, ``task_id``, ``backend``, ``model``, ``adapter``,
+    ``image_size``, ``max_steps``, ``record``, ...); ``bridge_params``/``policy_params`` override further node
+    parameters (e.g. ``{"cameras": ["agentview"]}``, ``{"backend_options": "{mode: image_mean}"}``).
+    """
+
+    def __init__(self, launch_args: dict[str, str], *, domain_id: int | None = None,
+                 bridge_params: dict | None = None, policy_params: dict | None = None,
+                 log_path: str | os.PathLike | None = None, start_timeout_s: float = 300.0):
+        self.domain_id = int(domain_id if domain_id is not None else os.environ.get("ROS_DOMAIN_ID", "0"))
+        nodes = resolve_graph(load_graph("libero_sim"), {k: str(v) for k, v in launch_args.items()})
+        for node in nodes:
+            if node.executable == "sim_bridge_node":
+                node.parameters.update({"reset_on_start": False, "auto_reset": False, **(bridge_params or {})})
+            elif node.executable == "vla_policy_node":
+                node.parameters.update(policy_params or {})
+        self.nodes = nodes
+        self.log_path = Path(log_path) if log_path else None
+        self.start_timeout_s = start_timeout_s
+        self.graph: GraphProcesses | None = None
+        self._log = None
+        self.context = None
+
+    # ------------------------------------------------------------------ lifecycle
+    def __enter__(self) -> GraphEvaluator:
+        env = {"ROS_DOMAIN_ID": str(self.domain_id), "ROS_AUTOMATIC_DISCOVERY_RANGE":
+               os.environ.get("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST"),
+               "FASTDDS_BUILTIN_TRANSPORTS": os.environ.get("FASTDDS_BUILTIN_TRANSPORTS", "UDPv4"),
+               "PYTHONUNBUFFERED": "1"}
+        if self.log_path is not None:
+            self.log_path.parent.mkdir(parents=True, exist_ok=True)
+            self._log = open(self.log_path, "wb")
+        self.graph = GraphProcesses(self.nodes, env=env, stdout=self._log)
+        try:
+            self.graph.start()
+            self.context = rclpy.context.Context()
+            rclpy.init(context=self.context, domain_id=self.domain_id)
+            self.node = rclpy.create_node("vla_ros_eval_client", context=self.context)
+            self.executor = SingleThreadedExecutor(context=self.context)
+            self.executor.add_node(self.node)
+            t = topics()
+            self.status: list[EpisodeStatus] = []
+            self.actions: list[VlaAction] = []
+            self.node.create_subscription(EpisodeStatus, t["episode_status"], self.status.append, LATCHED)
+            self.node.create_subscription(VlaAction, t["action"], self.actions.append, RELIABLE)
+            self.reset_client = self.node.create_client(ResetEpisode, t["reset_service"])
+            self._spin_until(self.reset_client.service_is_ready, self.start_timeout_s, "the bridge's reset service")
+        except BaseException:
+            self.__exit__(None, None, None)
+            raise
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.context is not None:
+            with contextlib.suppress(Exception):
+                self.executor.shutdown()
+                self.node.destroy_node()
+            with contextlib.suppress(Exception):
+                rclpy.shutdown(context=self.context)
+            self.context = None
+        if self.graph is not None:
+            self.graph.stop(grace_s=15.0)
+        if self._log is not None:
+            self._log.close()
+            self._log = None
+
+    def alive(self) -> bool:
+        return self.graph is not None and self.graph.poll_failure() is None
+
+    def _spin_until(self, predicate, timeout_s: float, what: str) -> None:
+        deadline = time.monotonic() + timeout_s
+        while not predicate():
+            if time.monotonic() > deadline:
+                raise GraphError(f"timed out after {timeout_s:.0f} s waiting for {what}")
+            failed = self.graph.poll_failure() if self.graph is not None else None
+            if failed is not None:
+                raise GraphError(f"node {failed[0].name} exited with code {failed[1]} while waiting for {what}"
+                                 + (f" (log: {self.log_path})" if self.log_path else ""))
+            self.executor.spin_once(timeout_sec=0.05)
+
+    # ------------------------------------------------------------------ episodes
+    def run_episode(self, suite: str, task_id: int, init_state_id: int, timeout_s: float = 1800.0
+                    ) -> EpisodeResult:
+        """Reset to (suite, task, init state), wait until the bridge reports the episode done."""
+        t0 = time.monotonic()
+        fut = self.reset_client.call_async(ResetEpisode.Request(suite=suite, task_id=int(task_id),
+                                                                init_state_id=int(init_state_id)))
+        self._spin_until(fut.done, self.start_timeout_s, "the reset response")
+        resp = fut.result()
+        if not resp.success:
+            raise GraphError(f"reset to {suite} task {task_id} init {init_state_id} refused: {resp.message}")
+        eid = int(resp.episode_id)
+
+        def final() -> EpisodeStatus | None:
+            return next((s for s in reversed(self.status) if s.episode_id == eid and s.done), None)
+
+        self._spin_until(lambda: final() is not None, timeout_s, f"the end of episode {eid}")
+        end = final()
+        return EpisodeResult(suite=end.suite, task_id=int(end.task_id), init_state_id=int(end.init_state_id),
+                             instruction=end.instruction or resp.instruction, success=bool(end.success),
+                             steps=int(end.step), reason=end.reason, wall_s=time.monotonic() - t0, episode_id=eid,
+                             actions=self.executed_actions(eid, int(end.step)))
+
+    def executed_actions(self, episode_id: int, steps: int) -> list[list[float]]:
+        """LIBERO actions of the episode's steps, rebuilt from the policy's answers (first answer per
+        observation stamp; holds, finished markers and re-publications dropped)."""
+        by_stamp: dict[tuple[int, int], VlaAction] = {}
+        for m in self.actions:
+            if m.episode_id != episode_id or m.hold or m.finished:
+                continue
+            by_stamp.setdefault((m.header.stamp.sec, m.header.stamp.nanosec), m)
+        out = []
+        for key in sorted(by_stamp)[:steps]:
+            m = by_stamp[key]
+            t = m.twist
+            out.append([float(v) for v in command_to_libero(
+                [t.linear.x, t.linear.y, t.linear.z], [t.angular.x, t.angular.y, t.angular.z], float(m.gripper),
+                get_action_space(m.action_space))])
+        self.actions[:] = [m for m in self.actions if m.episode_id != episode_id]
+        return out
