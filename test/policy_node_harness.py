@@ -7,6 +7,7 @@ instruction, /clock and enable switch and records what the node publishes.
 from __future__ import annotations
 
 import threading
+import time
 from typing import Any
 
 import numpy as np
@@ -106,6 +107,26 @@ class Harness:
     def image(self, value: int = 128, stamp: float = 0.0, size: int = 32, encoding: str = "rgb8") -> Image:
         msg = self.make_image(value, stamp, size, encoding)
         self.pub_image.publish(msg)
+        return msg
+
+    def publish_until(self, pub, msg, done, what: str, resend_s: float = 2.0) -> None:
+        """Publish until ``done()``: camera frames are BEST_EFFORT, and the first ones after discovery
+        can be lost before the reader has matched the writer on its side."""
+        deadline = time.monotonic() + DEADLINE
+        while not done():
+            if time.monotonic() > deadline:
+                raise AssertionError(f"timed out after {DEADLINE:.0f} s waiting for {what}")
+            pub.publish(msg)
+            end = time.monotonic() + resend_s
+            while time.monotonic() < end and not done():
+                time.sleep(0.01)
+
+    def send_image(self, value: int = 128, stamp: float = 0.0, size: int = 32) -> Image:
+        """Publish a frame until the node holds it as its newest."""
+        msg = self.make_image(value, stamp, size)
+        key = (msg.header.stamp.sec, msg.header.stamp.nanosec)
+        self.publish_until(self.pub_image, msg, lambda: getattr(self.node._frames.peek(), "key", None) == key,
+                           f"frame {key} at the node")
         return msg
 
     def instruct(self, text: str) -> None:

@@ -42,7 +42,7 @@ def test_acts_at_the_configured_rate_on_the_newest_frame(h):
     h.clock(1.0)
     h.instruct("put the black bowl on the plate")
     wait_for(lambda: node._instruction is not None, DEADLINE, what="instruction")
-    h.image(value=40, stamp=0.5)
+    h.send_image(value=40, stamp=0.5)
     wait_for(lambda: node._frames.peek() is not None, DEADLINE, what="frame")
     n0 = node.status().actions_published
     _advance(h, 1.0, 2.0)  # one second of sim time at 20 Hz
@@ -65,7 +65,7 @@ def test_acts_at_the_configured_rate_on_the_newest_frame(h):
     # only the newest frame is used; frames replaced before use are counted as dropped
     dropped = node.status().dropped_frames
     for v in (10, 20, 30):
-        h.image(value=v, stamp=3.0 + v / 100)
+        h.send_image(value=v, stamp=3.0 + v / 100)
         wait_for(lambda v=v: node._frames.peek().rgb[0, 0, 0] == v, DEADLINE, what="frame stored")
     assert node.status().dropped_frames == dropped + 2
     mark = len(h.snapshot())
@@ -77,7 +77,7 @@ def test_acts_at_the_configured_rate_on_the_newest_frame(h):
 def test_holds_without_instruction_and_on_stale_images(h):
     node = h.start(backend_options="{action: [1, 0, 0, 0, 0, 0, 1]}", image_timeout_s=0.5)
     h.clock(1.0)
-    h.image(stamp=1.0)
+    h.send_image(stamp=1.0)
     wait_for(lambda: node._frames.peek() is not None, DEADLINE, what="frame")
     mark = len(h.snapshot())
     h.clock(1.05)
@@ -99,7 +99,7 @@ def test_holds_without_instruction_and_on_stale_images(h):
     assert stale.twist.linear.x == 0.0
     wait_for(lambda: h.status().state == PolicyStatus.STATE_HOLDING, DEADLINE, what="status holding")
     assert h.status().hold_reason == "stale_image"
-    h.image(stamp=1.7)
+    h.send_image(stamp=1.7)
     wait_for(lambda: node._frames.peek().key == (1, 700_000_000), DEADLINE, what="new frame")
     mark = len(h.snapshot())
     h.clock(1.70)
@@ -110,7 +110,7 @@ def test_enable_switch_dry_run_and_twist_mirror(h):
     node = h.start(backend_options="{action: [0.5, 0, 0, 0, 0, -0.2, 1]}", twist_scale=2.0)
     h.clock(1.0)
     h.instruct("open the drawer")
-    h.image(stamp=1.0)
+    h.send_image(stamp=1.0)
     wait_for(lambda: node._instruction is not None and node._frames.peek() is not None, DEADLINE, what="inputs")
     h.clock(1.05)
     act = h.wait_action(lambda a: not a.hold, "an action")
@@ -144,7 +144,7 @@ def test_bad_policy_output_holds_and_node_keeps_running(h, options, reason, erro
     node = h.start(backend_options=options)
     h.clock(1.0)
     h.instruct("stack the blocks")
-    h.image(stamp=1.0)
+    h.send_image(stamp=1.0)
     wait_for(lambda: node._instruction is not None and node._frames.peek() is not None, DEADLINE, what="inputs")
     for k in range(1, 4):  # several cycles: every one holds, none crashes
         mark = len(h.snapshot())
@@ -164,7 +164,7 @@ def test_bad_inputs_are_rejected_counted_and_harmless(h):
     node = h.start(backend_options="{mode: image_mean}", max_instruction_chars=200)
     h.clock(1.0)
     h.instruct("wipe the table")
-    h.image(value=100, stamp=1.0)
+    h.send_image(value=100, stamp=1.0)
     wait_for(lambda: node._instruction == "wipe the table" and node._frames.peek() is not None, DEADLINE,
              what="good inputs")
     base = h.status().rejected_inputs
@@ -183,8 +183,7 @@ def test_bad_inputs_are_rejected_counted_and_harmless(h):
     m.height, m.width = 0, 0  # empty
     bad_images.append(m)
     for k, msg in enumerate(bad_images, 1):
-        h.pub_image.publish(msg)
-        wait_for(lambda k=k: h.status().rejected_inputs == base + k, DEADLINE, what=f"bad image {k} rejected")
+        h.publish_until(h.pub_image, msg, lambda k=k: h.status().rejected_inputs == base + k, f"bad image {k} rejected")
     # ROS strings end at a NUL, so control characters are tested with ESC
     for k, text in enumerate(["", "   ", "x" * 201, "go\x1b[2Jthere"], 1):
         h.instruct(text)
@@ -193,7 +192,7 @@ def test_bad_inputs_are_rejected_counted_and_harmless(h):
     assert node._rejections.by_kind == {"image": 5, "instruction": 4}
     assert node._frames.peek().rgb[0, 0, 0] == 100  # bad frames did not replace the good one
     assert node._instruction == "wipe the table"  # bad instructions did not replace the good one
-    h.image(value=100, stamp=2.0)
+    h.send_image(value=100, stamp=2.0)
     wait_for(lambda: node._frames.peek().key == (2, 0), DEADLINE, what="good frame after bad ones")
     mark = len(h.snapshot())
     h.clock(1.05)
@@ -207,7 +206,7 @@ def test_finished_holds_until_a_new_instruction(h):
     node = h.start(backend_options="{done_after: 3}")
     h.clock(1.0)
     h.instruct("close the microwave")
-    h.image(stamp=1.0)
+    h.send_image(stamp=1.0)
     wait_for(lambda: node._instruction is not None and node._frames.peek() is not None, DEADLINE, what="inputs")
     mark = len(h.snapshot())
     t = 1.0
@@ -235,7 +234,7 @@ def test_lockstep_answers_each_observation_exactly_once(h):
     node = h.start(sim_time=False, lockstep=True, backend_options="{mode: image_mean}")
     policy = node._policy
     # an observation before any instruction: exactly one hold for it, then the answer once instructed
-    h.image(value=10, stamp=5.0)
+    h.send_image(value=10, stamp=5.0)
     first = h.wait_action(lambda a: True, "hold for the first observation")
     assert first.hold and first.hold_reason == "no_instruction" and first.header.stamp.sec == 5
     wait_for(lambda: h.pub_episode.get_subscription_count() > 0, DEADLINE, what="episode status match")
@@ -248,7 +247,7 @@ def test_lockstep_answers_each_observation_exactly_once(h):
     for step, value in enumerate((50, 90, 130, 170), start=1):
         h.pub_episode.publish(EpisodeStatus(episode_id=7, step=step))
         wait_for(lambda s=step: node._episode == (7, s), DEADLINE, what="episode step")
-        h.image(value=value, stamp=5.0 + step)
+        h.send_image(value=value, stamp=5.0 + step)
         ans = h.wait_action(lambda a, s=step: a.header.stamp.sec == 5 + s, f"answer {step}")
         assert not ans.hold and (ans.episode_id, ans.step) == (7, step)
         assert ans.raw_action[0] == pytest.approx(_mean_action(value), abs=1e-6)
@@ -256,13 +255,13 @@ def test_lockstep_answers_each_observation_exactly_once(h):
     stamps = [a.header.stamp.sec for a in h.snapshot() if not a.hold]
     assert stamps == [5, 6, 7, 8, 9]  # one answer per observation, in order
     # the bridge re-publishes an observation it got no answer for: same answer, no second inference
-    h.image(value=170, stamp=9.0)
+    h.image(value=170, stamp=9.0)  # a plain publish: the node already holds this stamp
     wait_for(lambda: [a.header.stamp.sec for a in h.snapshot() if not a.hold].count(9) == 2, DEADLINE,
              what="re-sent answer")
     assert policy.calls == calls
     assert h.snapshot()[-1].raw_action == h.snapshot()[-2].raw_action
     # a repeated instruction (the bridge re-sends it) does not reset the policy or re-answer
     h.instruct("put the bowl on the plate")
-    h.image(value=200, stamp=10.0)
+    h.send_image(value=200, stamp=10.0)
     h.wait_action(lambda a: a.header.stamp.sec == 10, "answer 10")
     assert policy.calls == calls + 1 and len([a for a in h.snapshot() if a.header.stamp.sec == 10]) == 1

@@ -41,7 +41,7 @@ def test_lifecycle_transitions_and_cleanup_releases_the_policy(h):
     assert node.trigger_activate() == OK
     h.wait_matched()
     h.instruct("turn on the stove")
-    h.image(stamp=3.0)
+    h.send_image(stamp=3.0)
     h.wait_action(lambda a: a.header.stamp.sec == 3 and not a.hold, "answer while active")
 
     assert node.trigger_deactivate() == OK and _state(node) == "inactive"
@@ -52,7 +52,7 @@ def test_lifecycle_transitions_and_cleanup_releases_the_policy(h):
     assert node.trigger_activate() == OK  # and back: still configured, same policy
     assert ref() is node._policy
     h.instruct("turn off the stove")
-    h.image(stamp=4.0)
+    h.send_image(stamp=4.0)
     h.wait_action(lambda a: a.header.stamp.sec == 4 and not a.hold, "answer after re-activation")
 
     assert node.trigger_deactivate() == OK and node.trigger_cleanup() == OK
@@ -91,7 +91,7 @@ def _result(h: Harness, goal_handle):
 
 def test_action_runs_to_a_result_and_cancel_holds(h):
     node = h.start(sim_time=False, backend_options="{done_after: 4}", image_timeout_s=1000.0)
-    h.image(stamp=1.0)
+    h.send_image(stamp=1.0)
     wait_for(lambda: node._frames.peek() is not None, DEADLINE, what="frame")
 
     gh, feedback = _goal(h, "put the cream cheese in the bowl")
@@ -149,7 +149,7 @@ def test_native_checkpoint_is_configured_served_and_released(h, tmp_path):
     assert node.trigger_activate() == OK
     h.wait_matched()
     h.instruct("pick up the black bowl")
-    h.image(value=90, stamp=21.0, size=64)
+    h.send_image(value=90, stamp=21.0, size=64)
     # the image may overtake the instruction (two topics): then a hold comes first, the answer after it
     a = h.wait_action(lambda a: a.header.stamp.sec == 21 and not a.hold, "an answer from the native model")
     assert len(a.raw_action) == 7 and a.action_space == "libero_osc_pose_20hz"

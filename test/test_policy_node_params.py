@@ -100,7 +100,8 @@ def test_console_script_starts_from_the_params_file_and_stops_on_sigint(h, tmp_p
             "/vla/action")), DEADLINE, what="our subscription")
         wait_for(lambda: h.statuses[-1].state != PolicyStatus.STATE_INACTIVE, DEADLINE, what="active node")
         h.instruct("lift the pan")
-        h.image(value=51, stamp=12.0)
+        h.publish_until(h.pub_image, h.make_image(value=51, stamp=12.0),
+                        lambda: any(not a.hold and a.header.stamp.sec == 12 for a in h.snapshot()), "answer")
         a = h.wait_action(lambda a: not a.hold and a.header.stamp.sec == 12, "answer")
         assert a.raw_action[0] == pytest.approx(51 / 255 * 2 - 1, abs=1e-6)
     finally:

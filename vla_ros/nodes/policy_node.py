@@ -398,7 +398,12 @@ class VlaPolicyNode(LifecycleNode):
                     self._cv.notify_all()
 
     def _state_reason(self, frame: _Frame | None, instruction: str | None) -> str:
-        age = None if frame is None else (self.get_clock().now().nanoseconds - frame.recv_ns) * 1e-9
+        if frame is None:
+            age = None
+        elif self._lockstep:  # the simulator waits for the answer: its observation cannot go stale
+            age = 0.0
+        else:  # measured from receipt on the node clock, before and after inference
+            age = (self.get_clock().now().nanoseconds - frame.recv_ns) * 1e-9
         return hold_reason(active=self._active, enabled=self._enabled, finished=self._finished,
                            instruction=instruction, frame_age_s=age, image_timeout_s=self._cfg.image_timeout_s)
 
