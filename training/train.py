@@ -79,7 +79,7 @@ def open_dataset(data: str, synthetic: int, image_size: int, action_chunk: int, 
         return ds, ds.statistics(), ds.instructions
     if not data:
         raise ValueError("give --data DIR (a LIBERO-format or compact dataset) or --synthetic N")
-    from training.data_adapter import open_training_data
+    from training.step_dataset import open_training_data
 
     return open_training_data(data, action_chunk=action_chunk)
 

@@ -1,0 +1,66 @@
+"""training/step_dataset.py over training/data's readers: steps indexed with no-ops dropped, images flipped
+as the bridge flips them, action chunks padded at the episode's end, and `train --data` on a LIBERO-format file."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+
+from training.data.episode import Episode
+from training.data.libero_hdf5 import LiberoHdf5Writer
+from training.step_dataset import StepDataset, open_training_data
+from vla_ros.conventions import flip_image
+
+T = 6
+
+
+def _episode(seed: int, instruction: str = "put the bowl on the plate") -> Episode:
+    rng = np.random.default_rng(seed)
+    actions = rng.uniform(-0.5, 0.5, size=(T, 7))
+    actions[:, -1] = [-1, -1, -1, 1, 1, 1]
+    actions[2, :6] = 0.0  # a no-op: no arm motion, same gripper as the step before
+    obs = {"agentview_rgb": rng.integers(0, 255, (T, 16, 16, 3), dtype=np.uint8),
+           "eye_in_hand_rgb": rng.integers(0, 255, (T, 16, 16, 3), dtype=np.uint8),
+           "ee_states": rng.normal(size=(T, 6)), "ee_pos": rng.normal(size=(T, 3)),
+           "ee_ori": rng.normal(size=(T, 3)) * 0.1, "gripper_states": rng.normal(size=(T, 2)),
+           "joint_states": rng.normal(size=(T, 7))}
+    return Episode(actions=actions, obs=obs, states=rng.normal(size=(T, 10)), instruction=instruction)
+
+
+def _write(path, episodes) -> None:
+    with LiberoHdf5Writer(path, env_name="test", problem_name="test", language_instruction=episodes[0].instruction) as w:
+        for ep in episodes:
+            w.add(ep, compression=None)
+
+
+def test_steps_skip_noops_and_pad_chunks():
+    ep = _episode(0)
+    ds = StepDataset([ep], camera="agentview_rgb", action_chunk=3)
+    assert len(ds) == T - 1  # step 2 is a no-op
+    last = ds[len(ds) - 1]
+    assert last["done"] and last["action"].shape == (3, 7)
+    np.testing.assert_array_equal(last["action"], np.repeat(ep.actions[-1:], 3, axis=0))
+    np.testing.assert_array_equal(ds[2]["action"][0], ep.actions[3])  # index 2 is step 3 (step 2 dropped)
+
+
+def test_open_training_data_reads_hdf5_with_the_camera_flip(tmp_path):
+    eps = [_episode(0), _episode(1)]
+    _write(tmp_path / "task.hdf5", eps)
+    ds, stats, instructions = open_training_data(tmp_path)
+    assert len(ds) == 2 * (T - 1) and instructions == ["put the bowl on the plate"]
+    (key,) = stats
+    assert stats[key]["num_transitions"] == 2 * (T - 1) and stats[key]["action"]["mask"][-1] is False
+    np.testing.assert_array_equal(ds[0]["image"], flip_image(eps[0].obs["agentview_rgb"][0], "rot180"))
+
+
+def test_train_cli_on_a_libero_file(tmp_path):
+    from training.train import main
+
+    _write(tmp_path / "data" / "task.hdf5", [_episode(0), _episode(1)])
+    out = tmp_path / "run"
+    assert main(["--data", str(tmp_path / "data"), "--preset", "test-fused", "--out", str(out), "--steps", "2",
+                 "--batch-size", "4", "--no-progress", "--text-vocab-size", "300", "--augment"]) == 0
+    stats = json.loads((out / "dataset_statistics.json").read_text())
+    assert list(stats) == ["data"]
+    assert json.loads((out / "config.json").read_text())["center_crop"] is True  # augmented: evaluate centre-cropped

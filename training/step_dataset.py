@@ -1,0 +1,84 @@
+"""Training samples (one per kept step) from the episode datasets of ``training/data``.
+
+``training/data`` reads LIBERO-format HDF5 files and the compact transport format into ``Episode`` objects with
+the camera flip already applied; this module only indexes their steps for the training loop: no-op steps are
+dropped with ``training.data.statistics.keep_indices`` (the same rule the statistics use, done steps kept), and a
+model predicting K-action chunks gets ``actions[t : t + K]`` (the last action repeated past the episode's end,
+as OpenVLA-OFT pads its chunks).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from training.data.episode import Episode
+from training.data.statistics import compute_statistics, keep_indices
+from vla_ros.normalization import STATS_FILENAME, load_statistics
+
+DEFAULT_CAMERA = "agentview_rgb"
+
+
+class StepDataset:
+    """``{"image", "instruction", "action", "done"}`` per kept step of a list of episodes."""
+
+    def __init__(self, episodes: list[Episode], camera: str = DEFAULT_CAMERA, action_chunk: int = 1,
+                 filter_noops: bool = True):
+        if action_chunk < 1:
+            raise ValueError("action_chunk must be >= 1")
+        self.episodes = list(episodes)
+        self.camera, self.chunk = camera, int(action_chunk)
+        for k, ep in enumerate(self.episodes):
+            if camera not in ep.obs:
+                raise ValueError(f"episode {k} has no camera {camera!r} (has {sorted(ep.obs)})")
+            if not ep.instruction:
+                raise ValueError(f"episode {k} has no instruction")
+        self.index = np.array([(k, t) for k, ep in enumerate(self.episodes) for t in keep_indices(ep, filter_noops)],
+                              dtype=np.int64).reshape(-1, 2)
+        if len(self.index) == 0:
+            raise ValueError("no training steps (empty dataset, or all no-ops)")
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    def __getitem__(self, i: int) -> dict:
+        k, t = (int(x) for x in self.index[i])
+        ep = self.episodes[k]
+        if self.chunk == 1:
+            action = ep.actions[t]
+        else:
+            rows = np.minimum(np.arange(t, t + self.chunk), len(ep) - 1)
+            action = ep.actions[rows]
+        return {"image": ep.obs[self.camera][t], "instruction": ep.instruction, "action": action.copy(),
+                "done": bool(ep.dones[t])}
+
+    @property
+    def instructions(self) -> list[str]:
+        return sorted({ep.instruction for ep in self.episodes})
+
+
+def open_training_data(path: str | Path, action_chunk: int = 1, camera: str = DEFAULT_CAMERA
+                       ) -> tuple[StepDataset, dict, list[str]]:
+    """(dataset, statistics ``{key: ...}``, instructions) of a compact dataset directory (``meta.json``), or of
+    LIBERO-format HDF5 file(s); statistics from the dataset's ``dataset_statistics.json`` when it has one."""
+    p = Path(path)
+    if (p / "meta.json").is_file():
+        from training.data.compact import CompactDataset
+
+        compact = CompactDataset(p)
+        episodes = list(compact)
+        stats = compact.statistics()
+    else:
+        from training.data.libero_hdf5 import LiberoHdf5Reader, dataset_files
+
+        episodes, files = [], dataset_files(p)
+        if not files:
+            raise FileNotFoundError(f"no *.hdf5 files under {p}")
+        for f in files:
+            with LiberoHdf5Reader(f) as reader:
+                episodes.extend(reader)
+        stats_file = (p if p.is_dir() else p.parent) / STATS_FILENAME
+        stats = load_statistics(stats_file) if stats_file.is_file() else {p.stem: compute_statistics(episodes)}
+    ds = StepDataset(episodes, camera=camera, action_chunk=action_chunk)
+    return ds, stats, ds.instructions
