@@ -46,7 +46,7 @@ def write_video(path: Path, frames: np.ndarray, crf: int = DEFAULT_CRF, fps: int
     import imageio_ffmpeg
 
     frames = np.ascontiguousarray(frames, dtype=np.uint8)
-    n, h, w, _ = frames.shape
+    _, h, w, _ = frames.shape
     writer = imageio_ffmpeg.write_frames(
         str(path), (w, h), fps=fps, codec="libx264", pix_fmt_in="rgb24", pix_fmt_out="yuv444p",
         quality=None, bitrate=None, macro_block_size=1, output_params=["-crf", str(int(crf)), "-preset", "slow"],
