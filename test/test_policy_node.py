@@ -228,6 +228,23 @@ def test_finished_holds_until_a_new_instruction(h):
     mark = len(h.snapshot())
     h.clock(t + 0.10)
     assert not h.wait_action(lambda a: True, "acting again", start=mark).hold
+    # a new instruction while the node holds (stale frame) still resets the policy before its next use
+    t += 0.10
+    _advance(h, t, t + 1.0, dt=0.05)
+    t += 1.0
+    h.instruct("open the microwave")
+    wait_for(lambda: node._instruction == "open the microwave", DEADLINE, what="new instruction")
+    mark = len(h.snapshot())
+    h.clock(t + 0.05)
+    assert h.wait_action(lambda a: True, "stale hold", start=mark).hold_reason == "stale_image"
+    h.send_image(stamp=9.0)
+    mark = len(h.snapshot())
+    while not any(a.finished for a in h.snapshot()[mark:]):
+        t += 0.05
+        h.clock(t)
+        assert t < 10.0, "the policy's done was never reported"
+    seq = h.snapshot()[mark:]
+    assert sum(not a.hold for a in seq[:[a.finished for a in seq].index(True)]) == 2  # reset: 2 actions again
 
 
 def test_lockstep_answers_each_observation_exactly_once(h):

@@ -111,7 +111,7 @@ class VlaPolicyNode(LifecycleNode):
         self._instruction: str | None = None
         self._instr_gen = 0
         self._finished = False
-        self._reset_pending = False
+        self._reset_seq = self._reset_done = 0  # requests vs. resets done (a counter loses none)
         self._own_episode = 0
         self._own_step = 0
         self._episode: tuple[int, int] | None = None  # (episode_id, step) from the bridge
@@ -322,7 +322,7 @@ class VlaPolicyNode(LifecycleNode):
                 self._instruction = text
                 self._instr_gen += 1
                 self._finished = False
-                self._reset_pending = True
+                self._reset_seq += 1
                 self._own_episode += 1
                 self._own_step = 0
                 self._last_hold_key = None
@@ -341,7 +341,8 @@ class VlaPolicyNode(LifecycleNode):
     def _on_episode(self, msg: EpisodeStatus) -> None:
         with self._cv:
             if self._episode is not None and self._episode[0] != msg.episode_id:
-                self._finished, self._reset_pending = False, True  # a new simulated episode
+                self._finished = False  # a new simulated episode
+                self._reset_seq += 1
             self._episode = (int(msg.episode_id), int(msg.step))
         policy = self._policy
         if policy is not None and not self._flip_warned and msg.image_flip:
@@ -412,7 +413,7 @@ class VlaPolicyNode(LifecycleNode):
         frame = new or self._frames.peek()
         with self._lock:
             instruction, gen, cfg = self._instruction, self._instr_gen, self._cfg
-            reset, self._reset_pending = self._reset_pending, False
+            reset_seq = self._reset_seq  # honoured only when the policy really runs (below)
             policy, dry_run = self._policy, self._dry_run
             reason = self._state_reason(frame, instruction)
         if self._lockstep:
@@ -425,10 +426,11 @@ class VlaPolicyNode(LifecycleNode):
         if reason:
             self._hold(frame, reason)
             return
-        if reset:
-            policy.reset()
         t0 = time.perf_counter()
         try:
+            if reset_seq != self._reset_done:  # a new episode: forget action chunks and caches
+                policy.reset()
+                self._reset_done = reset_seq
             out = policy.act(frame.rgb, instruction)
         except Exception as exc:
             self._last_error = f"inference failed: {exc!r}"
