@@ -12,6 +12,7 @@ from typing import Any
 
 import numpy as np
 import rclpy
+from diagnostic_msgs.msg import DiagnosticArray
 from geometry_msgs.msg import TwistStamped
 from rclpy.action import ActionClient
 from rclpy.executors import MultiThreadedExecutor
@@ -43,11 +44,13 @@ class Harness:
         self.actions: list[VlaAction] = []
         self.twists: list[TwistStamped] = []
         self.statuses: list[PolicyStatus] = []
+        self.diagnostics: list[DiagnosticArray] = []
         self._lock = threading.Lock()
         tp = topics()
         self.t.create_subscription(VlaAction, tp["action"], self._rec(self.actions), command_qos(100))
         self.t.create_subscription(TwistStamped, tp["twist"], self._rec(self.twists), command_qos(100))
         self.t.create_subscription(PolicyStatus, tp["status"], self._rec(self.statuses), command_qos())
+        self.t.create_subscription(DiagnosticArray, tp["diagnostics"], self._rec(self.diagnostics), command_qos())
         self.pub_image = self.t.create_publisher(Image, tp["camera_image"], image_qos("reliable"))
         self.pub_instr = self.t.create_publisher(String, tp["instruction"], command_qos())
         self.pub_episode = self.t.create_publisher(EpisodeStatus, tp["episode_status"], command_qos())

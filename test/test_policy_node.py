@@ -8,13 +8,17 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 
 rclpy = pytest.importorskip("rclpy", reason="rclpy (ROS 2) is not installed")
 
+from diagnostic_msgs.msg import DiagnosticStatus
 from policy_node_harness import DEADLINE, Harness
+from sensor_msgs.msg import Image
 
 from helpers import wait_for
+from vla_ros.image_codec import fill_image_msg
 from vla_ros_msgs.msg import EpisodeStatus, PolicyStatus
 
 pytestmark = pytest.mark.ros
@@ -158,6 +162,8 @@ def test_bad_policy_output_holds_and_node_keeps_running(h, options, reason, erro
     assert node._worker.is_alive()
     wait_for(lambda: any(s.state == PolicyStatus.STATE_ERROR for s in list(h.statuses)), DEADLINE,
              what="published error status")
+    wait_for(lambda: any(d.status and d.status[0].level == DiagnosticStatus.ERROR and reason in d.status[0].message
+                         for d in list(h.diagnostics)), DEADLINE, what="an ERROR diagnostic")
 
 
 def test_bad_inputs_are_rejected_counted_and_harmless(h):
@@ -192,8 +198,17 @@ def test_bad_inputs_are_rejected_counted_and_harmless(h):
     assert node._rejections.by_kind == {"image": 5, "instruction": 4}
     assert node._frames.peek().rgb[0, 0, 0] == 100  # bad frames did not replace the good one
     assert node._instruction == "wipe the table"  # bad instructions did not replace the good one
+    # the other supported encodings arrive as RGB
+    bgr = fill_image_msg(Image(), np.tile(np.array([10, 20, 30], np.uint8), (32, 32, 1)), "bgr8")
+    bgr.header.stamp.sec = 3
+    h.publish_until(h.pub_image, bgr, lambda: node._frames.peek().key == (3, 0), "bgr8 frame")
+    assert node._frames.peek().rgb[5, 5].tolist() == [10, 20, 30]
+    mono = Image(height=32, width=32, encoding="mono8", step=32, data=bytes([77]) * 1024)
+    mono.header.stamp.sec = 4
+    h.publish_until(h.pub_image, mono, lambda: node._frames.peek().key == (4, 0), "mono8 frame")
+    assert node._frames.peek().rgb.shape == (32, 32, 3) and node._frames.peek().rgb[0, 0].tolist() == [77] * 3
+    assert h.status().rejected_inputs == base + len(bad_images) + 4
     h.send_image(value=100, stamp=2.0)
-    wait_for(lambda: node._frames.peek().key == (2, 0), DEADLINE, what="good frame after bad ones")
     mark = len(h.snapshot())
     h.clock(1.05)
     act = h.wait_action(lambda a: True, "action after bad inputs", start=mark)

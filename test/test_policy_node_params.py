@@ -10,6 +10,8 @@ import yaml
 
 rclpy = pytest.importorskip("rclpy", reason="rclpy (ROS 2) is not installed")
 
+from lifecycle_msgs.msg import Transition
+from lifecycle_msgs.srv import ChangeState
 from policy_node_harness import DEADLINE, Harness
 from rcl_interfaces.msg import ParameterType
 from rclpy.parameter import Parameter
@@ -88,6 +90,7 @@ def test_parameter_updates_are_validated(h):
 def test_console_script_starts_from_the_params_file_and_stops_on_sigint(h, tmp_path):
     exe = Path(sys.executable).parent / "vla_policy_node"
     assert exe.is_file(), "console script not installed (pip install -e .)"
+    mark = 0
     proc = ManagedProcess([str(exe), "--ros-args", "--params-file", str(REPO / "config" / "policy_node.yaml"),
                            "-p", "backend:=debug", "-p", "lockstep:=true",
                            "-p", 'backend_options:="{mode: image_mean}"'], tmp_path / "node.log")
@@ -104,6 +107,17 @@ def test_console_script_starts_from_the_params_file_and_stops_on_sigint(h, tmp_p
                         lambda: any(not a.hold and a.header.stamp.sec == 12 for a in h.snapshot()), "answer")
         a = h.wait_action(lambda a: not a.hold and a.header.stamp.sec == 12, "answer")
         assert a.raw_action[0] == pytest.approx(51 / 255 * 2 - 1, abs=1e-6)
+        # the standard lifecycle services drive it (what `ros2 lifecycle set` calls)
+        change = h.t.create_client(ChangeState, "/vla_policy_node/change_state")
+        assert change.wait_for_service(timeout_sec=DEADLINE)
+        for transition in (Transition.TRANSITION_DEACTIVATE, Transition.TRANSITION_ACTIVATE):
+            fut = change.call_async(ChangeState.Request(transition=Transition(id=transition)))
+            wait_for(fut.done, DEADLINE, what=f"transition {transition}")
+            assert fut.result().success
+        h.wait_action(lambda a: a.hold_reason == "inactive", "the hold commanded on deactivate")
+        mark = len(h.snapshot())
+        h.publish_until(h.pub_image, h.make_image(value=52, stamp=13.0),
+                        lambda: any(not a.hold and a.header.stamp.sec == 13 for a in h.snapshot()), "answer again")
     finally:
         rc = proc.stop()
         log = proc.log_path.read_text(errors="replace")
@@ -111,4 +125,4 @@ def test_console_script_starts_from_the_params_file_and_stops_on_sigint(h, tmp_p
     assert rc == 0, log
     assert not proc.group_alive()
     assert "Traceback" not in log
-    h.wait_action(lambda a: a.hold_reason == "inactive", "the final hold on SIGINT")
+    h.wait_action(lambda a: a.hold_reason == "inactive", "the final hold on SIGINT", start=mark)
