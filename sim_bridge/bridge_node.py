@@ -34,7 +34,7 @@ from rclpy.clock import Clock
 from rclpy.clock_type import ClockType
 from rclpy.executors import ExternalShutdownException
 from rclpy.node import Node
-from rclpy.qos import QoSDurabilityPolicy, QoSProfile, QoSReliabilityPolicy, qos_profile_sensor_data
+from rclpy.qos import QoSDurabilityPolicy, QoSProfile, QoSReliabilityPolicy
 from rosgraph_msgs.msg import Clock as ClockMsg
 from sensor_msgs.msg import Image, JointState
 from std_msgs.msg import String
@@ -45,6 +45,7 @@ from sim_bridge.recording import EpisodeRecorder
 from vla_ros.config import topics
 from vla_ros.conventions import LIBERO_ACTION_SPACE, LIBERO_SUITES, max_steps_for, settle_action
 from vla_ros.image_codec import fill_image_msg
+from vla_ros.nodes.qos import command_qos, image_qos
 from vla_ros_msgs.msg import EpisodeStatus, VlaAction
 from vla_ros_msgs.srv import ResetEpisode
 
@@ -53,9 +54,8 @@ FINGER_JOINTS = ("robot0_finger_joint1", "robot0_finger_joint2")
 DT_NS = round(LIBERO_ACTION_SPACE.dt * 1e9)  # one LIBERO control step of simulated time
 _WATCHDOG_PERIOD_S = 0.05
 
-# Reliable and volatile: what `ros2 topic pub --once` and the policy node use (CONVENTIONS.md).
-RELIABLE_QOS = QoSProfile(depth=10, reliability=QoSReliabilityPolicy.RELIABLE,
-                          durability=QoSDurabilityPolicy.VOLATILE)
+# Reliable and volatile (actions, instruction, joint states, pose): the graph's one definition.
+RELIABLE_QOS = command_qos()
 # Late joiners (an evaluator started after the reset) still get the last episode status.
 STATUS_QOS = QoSProfile(depth=10, reliability=QoSReliabilityPolicy.RELIABLE,
                         durability=QoSDurabilityPolicy.TRANSIENT_LOCAL)
@@ -105,6 +105,8 @@ class SimBridgeNode(Node):
         for cam in self.cameras:
             if cam not in ("agentview", "wrist"):
                 raise ValueError(f"parameter cameras: unknown camera {cam!r}; known: agentview, wrist")
+        if self.p("record_dir") and self.p("record_camera") not in self.cameras:
+            raise ValueError(f"parameter record_camera={self.p('record_camera')!r} is not among cameras {self.cameras}")
         self.mode = self.p("stepping_mode")
         self._env_factory = env_factory or _default_env_factory
         self.env = None
@@ -133,10 +135,9 @@ class SimBridgeNode(Node):
         names = topics()
         self._pub_images = {}
         if "agentview" in self.cameras:
-            self._pub_images["agentview"] = self.create_publisher(Image, names["camera_image"],
-                                                                  qos_profile_sensor_data)
+            self._pub_images["agentview"] = self.create_publisher(Image, names["camera_image"], image_qos())
         if "wrist" in self.cameras:
-            self._pub_images["wrist"] = self.create_publisher(Image, names["wrist_image"], qos_profile_sensor_data)
+            self._pub_images["wrist"] = self.create_publisher(Image, names["wrist_image"], image_qos())
         self._frame_ids = {"agentview": self.p("camera_frame_id"), "wrist": self.p("wrist_frame_id")}
         self._pub_joints = self.create_publisher(JointState, names["joint_states"], RELIABLE_QOS)
         self._pub_pose = self.create_publisher(PoseStamped, names["ee_pose"], RELIABLE_QOS)

@@ -20,10 +20,11 @@ from std_msgs.msg import String
 
 from vla_ros.config import topics
 from vla_ros.conventions import LIBERO_ACTION_SPACE
+from vla_ros.nodes.qos import command_qos
 from vla_ros_msgs.msg import EpisodeStatus, VlaAction
 from vla_ros_msgs.srv import ResetEpisode
 
-RELIABLE = QoSProfile(depth=10, reliability=QoSReliabilityPolicy.RELIABLE, durability=QoSDurabilityPolicy.VOLATILE)
+RELIABLE = command_qos()
 STATUS = QoSProfile(depth=10, reliability=QoSReliabilityPolicy.RELIABLE,
                     durability=QoSDurabilityPolicy.TRANSIENT_LOCAL)
 TIMEOUT = 60.0  # generous: two CPU cores shared with other processes

@@ -217,9 +217,10 @@ def test_bad_parameter_values_fail_at_start():
     ctx = rclpy.context.Context()
     rclpy.init(context=ctx)
     try:
-        for bad in (Parameter("stepping_mode", value="turbo"), Parameter("cameras", value=["agentview", "top"])):
+        for bad in ([Parameter("stepping_mode", value="turbo")], [Parameter("cameras", value=["agentview", "top"])],
+                    [Parameter("cameras", value=["wrist"]), Parameter("record_dir", value="/tmp/x")]):
             with pytest.raises(ValueError, match=r"stepping_mode|camera"):
-                SimBridgeNode(context=ctx, env_factory=FakeEnv, parameter_overrides=[bad])
+                SimBridgeNode(context=ctx, env_factory=FakeEnv, parameter_overrides=bad)
     finally:
         rclpy.shutdown(context=ctx)
 
@@ -266,6 +267,8 @@ def test_policy_done_ends_episode_and_auto_reset_starts_the_next_init_state(make
     assert end.reason == "policy_done" and end.step == 0 and node.env.actions == []
     c.spin_until(lambda: c.last.episode_id == ep + 1 and not c.last.done, "auto-reset")
     assert c.last.init_state_id == 1
+    new, old = c.last.header.stamp, end.header.stamp
+    assert (new.sec, new.nanosec) > (old.sec, old.nanosec)  # sim time keeps running across resets
     assert node.stats.after_end == 0
 
 
