@@ -277,9 +277,11 @@ def test_lockstep_answers_each_observation_exactly_once(h):
     a = h.wait_action(lambda a: not a.hold, "answer to the waiting observation")
     assert a.header.stamp.sec == 5 and a.raw_action[0] == pytest.approx(_mean_action(10), abs=1e-6)
     for step, value in enumerate((50, 90, 130, 170), start=1):
-        h.pub_episode.publish(EpisodeStatus(episode_id=7, step=step))
-        wait_for(lambda s=step: node._episode == (7, s), DEADLINE, what="episode step")
-        h.send_image(value=value, stamp=5.0 + step)
+        # as the bridge does: the observation, then its EpisodeStatus stamped with the observation's stamp
+        h.image(value=value, stamp=5.0 + step)
+        status = EpisodeStatus(episode_id=7, step=step)
+        status.header.stamp.sec = 5 + step
+        h.pub_episode.publish(status)
         ans = h.wait_action(lambda a, s=step: a.header.stamp.sec == 5 + s, f"answer {step}")
         assert not ans.hold and (ans.episode_id, ans.step) == (7, step)
         assert ans.raw_action[0] == pytest.approx(_mean_action(value), abs=1e-6)

@@ -126,3 +126,21 @@ def test_console_script_starts_from_the_params_file_and_stops_on_sigint(h, tmp_p
     assert not proc.group_alive()
     assert "Traceback" not in log
     h.wait_action(lambda a: a.hold_reason == "inactive", "the final hold on SIGINT", start=mark)
+
+
+@pytest.mark.parametrize(("override", "code", "says"), [
+    ("gripper_mode:=sticky", 2, "gripper_mode"),
+    ("control_rate_hz:=0.0", 2, "control_rate_hz"),
+    ("image_reliability:=fast", 2, "image_reliability"),
+    ("backend:=no_such_backend", 1, "no_such_backend"),
+])
+def test_console_script_refuses_bad_start_parameters(tmp_path, override, code, says):
+    exe = Path(sys.executable).parent / "vla_policy_node"
+    proc = ManagedProcess([str(exe), "--ros-args", "-p", override], tmp_path / "node.log")
+    try:
+        proc.proc.wait(DEADLINE)
+    finally:
+        rc = proc.stop()
+    log = proc.log_path.read_text(errors="replace")
+    assert rc == code and says in log and "Traceback" not in log, log
+    assert not proc.group_alive()

@@ -15,6 +15,7 @@ observation (same stamp) gets the same answer again without a second inference.
 
 from __future__ import annotations
 
+import collections
 import gc
 import signal
 import sys
@@ -25,6 +26,7 @@ from typing import Any
 
 import numpy as np
 import rclpy
+import rclpy.exceptions
 import yaml
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from geometry_msgs.msg import TwistStamped
@@ -57,6 +59,8 @@ from vla_ros.policy import Policy
 from vla_ros_msgs.msg import EpisodeStatus, PolicyStatus, VlaAction
 
 _ERROR_REASONS = ("inference_error", "invalid_output")
+_EPISODE_STAMPS_KEPT = 32
+_EPISODE_WAIT_S = 0.2  # how long an answer waits for the bridge's status of its observation
 
 
 @dataclass
@@ -77,6 +81,8 @@ class VlaPolicyNode(LifecycleNode):
         super().__init__(node_name, **kwargs)
         policy_params.declare(self)
         p = {n: self.get_parameter(n).value for n in policy_params.SPECS}
+        for name in policy_params.SPECS:  # ValueError naming the parameter: main() exits with 2
+            policy_params.check_choice(name, p[name])
         self._cfg = policy_params.controller_config(p)
         self._dry_run: bool = p["dry_run"]
         self._twist_scale: float = p["twist_scale"]
@@ -102,8 +108,11 @@ class VlaPolicyNode(LifecycleNode):
         self._pub_action = self._pub_twist = self._pub_status = self._pub_diag = None
         self._base_frame: str = p["base_frame"]
         self._action_server: InstructionActionServer | None = None
-        if p["auto_start"] and self.trigger_configure() == TransitionCallbackReturn.SUCCESS:
-            self.trigger_activate()
+        # True when auto_start could not bring the node up (main() then exits with 1).
+        self.start_failed = False
+        if p["auto_start"]:
+            self.start_failed = not (self.trigger_configure() == TransitionCallbackReturn.SUCCESS
+                                     and self.trigger_activate() == TransitionCallbackReturn.SUCCESS)
 
     def _reset_state(self) -> None:
         """Per-configuration state (also what cleanup forgets)."""
@@ -114,7 +123,11 @@ class VlaPolicyNode(LifecycleNode):
         self._reset_seq = self._reset_done = 0  # requests vs. resets done (a counter loses none)
         self._own_episode = 0
         self._own_step = 0
-        self._episode: tuple[int, int] | None = None  # (episode_id, step) from the bridge
+        self._episode: tuple[int, int] | None = None  # (episode_id, step) of the bridge's latest status
+        # The bridge stamps its EpisodeStatus with the observation's stamp and sends it just AFTER the
+        # images: answers look their episode/step up by stamp (recent ones kept).
+        self._episode_by_stamp: collections.OrderedDict[tuple[int, int], tuple[int, int]] = \
+            collections.OrderedDict()
         self._answered: tuple[tuple[int, int], VlaAction] | None = None  # lockstep: key -> answer
         self._last_hold_key: tuple[Any, str] | None = None
         self._last_gripper = 0.0  # before any action: open, as LIBERO and most arms start
@@ -131,8 +144,6 @@ class VlaPolicyNode(LifecycleNode):
     def on_configure(self, state: LifecycleState) -> TransitionCallbackReturn:
         p = {n: self.get_parameter(n).value for n in policy_params.SPECS}
         try:
-            for name in policy_params.SPECS:
-                policy_params.check_choice(name, p[name])
             self._policy = self._load_policy(p)
         except Exception as exc:
             self._last_error = f"loading the policy failed: {exc}"
@@ -344,6 +355,10 @@ class VlaPolicyNode(LifecycleNode):
                 self._finished = False  # a new simulated episode
                 self._reset_seq += 1
             self._episode = (int(msg.episode_id), int(msg.step))
+            self._episode_by_stamp[(msg.header.stamp.sec, msg.header.stamp.nanosec)] = self._episode
+            while len(self._episode_by_stamp) > _EPISODE_STAMPS_KEPT:
+                self._episode_by_stamp.popitem(last=False)
+            self._cv.notify_all()
         policy = self._policy
         if policy is not None and not self._flip_warned and msg.image_flip:
             want = policy.metadata.image_flip
@@ -479,10 +494,7 @@ class VlaPolicyNode(LifecycleNode):
         msg = VlaAction()
         msg.header.stamp = frame.stamp if frame is not None else self.get_clock().now().to_msg()
         msg.header.frame_id = self._base_frame
-        if frame is not None and frame.from_episode:
-            msg.episode_id, msg.step = frame.episode_id, frame.step
-        else:
-            msg.episode_id, msg.step = self._own_episode, self._own_step
+        msg.episode_id, msg.step = self._episode_of(frame)
         if raw is not None:
             msg.raw_action = [float(v) for v in raw]
         if policy is not None:
@@ -496,6 +508,20 @@ class VlaPolicyNode(LifecycleNode):
         else:  # hold: zero twist, gripper unchanged
             msg.gripper = float(self._last_gripper)
         return msg
+
+    def _episode_of(self, frame: _Frame | None) -> tuple[int, int]:
+        """Episode and step of the observation answered: the bridge's status with the frame's stamp
+        (waited for briefly in lockstep), else the latest status at the frame's receipt, else the
+        node's own count (a real arm: one episode per instruction, steps = actions)."""
+        if frame is None or self._episode is None:
+            return self._own_episode, self._own_step
+        with self._cv:
+            self._cv.wait_for(lambda: frame.key in self._episode_by_stamp,
+                              timeout=_EPISODE_WAIT_S if self._lockstep else 0.0)
+            found = self._episode_by_stamp.get(frame.key)
+        if found is not None:
+            return found
+        return (frame.episode_id, frame.step) if frame.from_episode else (self._own_episode, self._own_step)
 
     def _publish(self, msg: VlaAction, inference_ms: float = 0.0) -> None:
         pub = self._pub_action
@@ -576,14 +602,24 @@ def _raise_interrupt(signum, frame) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Console script ``vla_policy_node``: spin until SIGINT/SIGTERM, then hold and release the model."""
+    """Console script ``vla_policy_node``: spin until SIGINT/SIGTERM, then hold and release the model.
+
+    Exit codes: 0 after a clean stop, 1 when ``auto_start`` could not configure/activate (e.g. the
+    model failed to load), 2 on invalid parameters.
+    """
     args = sys.argv if argv is None else [sys.argv[0], *argv]
     # Our own signal handling: on Ctrl-C the context must still be up to publish a final hold.
     rclpy.init(args=args, signal_handler_options=SignalHandlerOptions.NO)
     signal.signal(signal.SIGTERM, _raise_interrupt)
     node = None
     try:
-        node = VlaPolicyNode()
+        try:
+            node = VlaPolicyNode()
+        except (ValueError, TypeError, RuntimeError, rclpy.exceptions.ParameterException) as exc:
+            print(f"vla_policy_node: invalid parameters: {exc}", file=sys.stderr)
+            return 2
+        if node.start_failed:  # a simple launch wants to see the failure, not an idle node
+            return 1
         executor = MultiThreadedExecutor(num_threads=4)
         executor.add_node(node)
         try:
