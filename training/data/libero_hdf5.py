@@ -99,7 +99,8 @@ class LiberoHdf5Writer:
         g.create_dataset("rewards", data=ep.rewards.astype(np.uint8))
         g.create_dataset("dones", data=ep.dones.astype(np.uint8))
         g.attrs["num_samples"] = len(ep)
-        g.attrs["init_state"] = np.asarray(ep.states[0], dtype=np.float64)
+        if np.asarray(ep.states).shape[1] > 0:  # real-robot data has no simulator state
+            g.attrs["init_state"] = np.asarray(ep.states[0], dtype=np.float64)
         g.attrs["model_file"] = str(ep.attrs.get("model_file", ""))
         for k, v in ep.attrs.items():
             if k not in ("model_file",):
