@@ -34,6 +34,7 @@ _MIN_MOTION = 0.03  # controller units: keeps grasp/release frames above the no-
 _WRIST_ABOVE_GRIP = 0.21  # m, grip site -> wrist centre with the hand pointing down
 _PALM_HALF_LENGTH = 0.11  # m, Panda hand half-length along the finger closing axis
 _LOOKAHEAD = 0.15  # m along the carry path checked for obstacles
+_COMFORT_REACH_XY = 0.66  # m, horizontal shoulder -> hand distance the grasp choice tries to stay within
 _MAX_WRIST_REACH = 0.75  # m, shoulder -> wrist; the elbow locks straight at about 0.76
 
 
@@ -249,12 +250,18 @@ class ScriptedExpert:
         others = self._obstacle_points(exclude=(self.obj,))
         away_dir = c - self.geo.data.xpos[self._shoulder_id][:2]
         away_dir = away_dir / max(float(np.linalg.norm(away_dir)), 1e-9)
+        shoulder = self.geo.data.xpos[self._shoulder_id][:2]
+        place_xy, _ = self._place_target()
         best, best_score = None, -np.inf
         for theta in np.linspace(-np.pi, np.pi, 16, endpoint=False):
             d = np.array([np.cos(theta), np.sin(theta)])
             grasp = c + d * (radius - 0.006)
             yaw = _wrap_half_pi(theta - np.pi / 2)
             score = self._clearance(others, grasp, d, ext.top) - 0.01 * abs(yaw)
+            # where the hand will be when picking and when placing: both must stay well inside the
+            # arm's reach (a straight elbow is a singularity the controller cannot leave)
+            for hand in (grasp, place_xy + (grasp - c)):
+                score -= 2.0 * max(0.0, float(np.linalg.norm(hand - shoulder)) - _COMFORT_REACH_XY)
             # the far side is at the edge of the arm's reach (a straight elbow is a singularity the
             # controller cannot leave): prefer the side facing the robot's shoulder
             away = float(d @ away_dir)
@@ -418,7 +425,8 @@ class ScriptedExpert:
             if (lifted > 0.04 and (obj[2] - self._obj_from) < 0.5 * lifted) or self._finger_gap() < 0.0015:
                 return self._regrasp()
             err = hand_xy - pos[:2]
-            if self.phase == "transport" and np.linalg.norm(err) < 0.008:
+            moving = not self._stalled(pos, 0.004)  # the arm lags the controller: settle first
+            if self.phase == "transport" and np.linalg.norm(err) < 0.008 and not moving:
                 self._set_phase("lower")
                 return self._act()
             if ext.bottom < clear - self.noise["clearance"] * 0.5:
@@ -453,7 +461,10 @@ class ScriptedExpert:
                 self._set_phase("done")
             return self._keep_moving(self._move(np.r_[pos[:2], self._retreat_z], plan.yaw, _OPEN, 0.6))
 
-        # done: hover in place, gently moving (the episode ends on the success check)
+        # done: hover in place, gently moving (the episode ends on the success check). If the goal
+        # does not hold (the object rolled off, or landed off-centre), pick it up and place it again.
+        if self.phase_steps >= 4 and not self.env.env.check_success():
+            return self._regrasp()
         return self._keep_moving(self._move(pos + np.array([0.0, 0.0, 0.002]), plan.yaw, _OPEN, 0.1))
 
     def _regrasp(self) -> np.ndarray:
