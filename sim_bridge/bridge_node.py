@@ -198,7 +198,7 @@ class SimBridgeNode(Node):
         try:
             env = self._env_factory(suite, task_id, image_size=self.p("image_size"), cameras=self.cameras,
                                     image_flip=self.p("image_flip"), fast_render=self.p("fast_render"),
-                                    seed=self.p("seed"))
+                                    seed=self.p("seed"), hard_reset=self.p("hard_reset"))
         except ValueError as exc:
             return False, str(exc)
         if self.env is not None:
