@@ -85,12 +85,13 @@ def quantize_linear_layers_(model: nn.Module, quantization: str, device: torch.d
     """Replace every nn.Linear (except :data:`SKIP_MODULES`) in place, one at a time, so that the peak memory
     stays at the quantized size plus one bf16 layer. ``init_fn`` materialises a meta layer first (random weights)."""
     q = check_quantization(quantization)
-    for parent in list(model.modules()):
-        for name, child in list(parent.named_children()):
-            if not isinstance(child, nn.Linear) or name in SKIP_MODULES:
-                continue
-            if init_fn is not None:
-                init_fn(child)
-            setattr(parent, name, quantize_linear(child, q, device))
-            del child
+    # (parent, name) pairs only: holding the Linear objects themselves would keep every bf16 weight alive
+    targets = [(parent, name) for parent in model.modules() for name, child in parent.named_children()
+               if isinstance(child, nn.Linear) and name not in SKIP_MODULES]
+    for parent, name in targets:
+        child = getattr(parent, name)
+        if init_fn is not None:
+            init_fn(child)
+        setattr(parent, name, quantize_linear(child, q, device))
+        del child
     return model

@@ -14,6 +14,9 @@ from vla_ros.policy import Policy
 # backend name -> "module:factory"; each factory takes (path, **options) and returns a Policy.
 BACKENDS: dict[str, str] = {
     "debug": "vla_ros.backends.debug:load",
+    "native": "vla_ros.backends.native:load",
+    "hf": "vla_ros.backends.hf:load",
+    "remote": "vla_ros.backends.remote:load",
 }
 
 

@@ -25,6 +25,15 @@ from vla_ros.normalization import identity_statistics
 from vla_ros.policy import Policy, PolicyMetadata, PolicyOutput
 
 log = logging.getLogger(__name__)
+# Instruction-like text for the tokenizer of random-weight presets, so prompts have realistic token counts
+# (about 20, as with Llama-2's tokenizer) and benchmark prefill lengths match OpenVLA's.
+BENCH_INSTRUCTIONS = [
+    f"{verb} the {obj} {where}" for verb in ("pick up", "put", "place", "push", "open", "close", "turn on")
+    for obj in ("black bowl", "plate", "ramekin", "wine bottle", "cream cheese", "top drawer of the cabinet",
+                "alphabet soup", "tomato sauce", "stove", "ketchup", "butter", "milk", "orange juice")
+    for where in ("", "and place it on the plate", "between the plate and the ramekin", "in the basket",
+                  "on top of the cabinet", "next to the cookie box", "on the stove")
+]
 _DTYPES = {"bf16": torch.bfloat16, "bfloat16": torch.bfloat16, "fp16": torch.float16, "float16": torch.float16,
            "fp32": torch.float32, "float32": torch.float32}
 
@@ -45,7 +54,7 @@ class PrismaticPolicy(Policy):
     from a queue (``reset()`` clears it); ``done`` is reported with the chunk's last action."""
 
     def __init__(self, model: PrismaticForActionPrediction, processor: PrismaticProcessor,
-                 unnorm_key: str | None = None, fast: bool = True, model_id: str = ""):
+                 unnorm_key: str | None = None, fast: bool = True, model_id: str = "", compile: bool = False):
         self.model = model
         self.processor = processor
         cfg = model.config
@@ -53,6 +62,7 @@ class PrismaticPolicy(Policy):
         self.unnorm_key = unnorm_key or next(iter(cfg.norm_stats))
         self.device = model.get_input_embeddings().weight.device
         self.fast = bool(fast)
+        self.compile = bool(compile)
         self._decoder: StaticGreedyDecoder | None = None
         self._queue: deque[PolicyOutput] = deque()
         self.metadata = PolicyMetadata(
@@ -67,22 +77,35 @@ class PrismaticPolicy(Policy):
                    "center_crop": processor.center_crop},
         )
 
+    def set_unnorm_key(self, unnorm_key: str | None) -> None:
+        """Switch to another dataset's statistics of this checkpoint (raises, listing the keys, if unknown)."""
+        self.normalizer = self.model.get_normalizer(unnorm_key)
+        self.unnorm_key = unnorm_key or next(iter(self.model.config.norm_stats))
+        self.metadata.extra["unnorm_key"] = self.unnorm_key
+
     def decode_tokens(self, images: list[np.ndarray], instructions: list[str], fast: bool | None = None,
                       ) -> np.ndarray:
         """(B, n_tokens) greedy token ids for the inputs."""
-        batch = self.processor(images=[check_image(i) for i in images], instructions=list(instructions))
-        ids = batch["input_ids"].to(self.device)
-        mask = batch["attention_mask"].to(self.device)
-        pix = batch["pixel_values"].to(self.device)
-        use_fast = self.fast if fast is None else fast
+        images = [check_image(i) for i in images]
+        prompts = [self.processor.prompt(t) for t in instructions]
+        ids, mask = (t.to(self.device) for t in self.processor.tokenize(prompts))
+        use_fast = (self.fast if fast is None else fast) and ids.shape[0] == 1
         with torch.inference_mode():
-            if use_fast and ids.shape[0] == 1:
-                if self._decoder is None:
-                    self._decoder = StaticGreedyDecoder(self.model)
-                tokens = self._decoder.generate(ids, pix)
+            if use_fast and self.processor.shared_resize:
+                # resized uint8 goes to the device; normalisation runs there, inside the prefill graph
+                raw = self.processor.resized_uint8(images).to(self.device)
+                tokens = self._fast_decoder().generate(ids, raw, pixel_fn=self.processor.normalize)
+            elif use_fast:
+                tokens = self._fast_decoder().generate(ids, self.processor.pixel_values(images).to(self.device))
             else:
+                pix = self.processor.pixel_values(images).to(self.device)
                 tokens = self.model.generate_action_tokens(ids, pix, mask)
         return tokens.cpu().numpy()
+
+    def _fast_decoder(self) -> StaticGreedyDecoder:
+        if self._decoder is None:
+            self._decoder = StaticGreedyDecoder(self.model, compile=self.compile)
+        return self._decoder
 
     def act_batch(self, images: list[np.ndarray], instructions: list[str]) -> list[PolicyOutput]:
         if len(images) != len(instructions) or not images:
@@ -110,30 +133,33 @@ class PrismaticPolicy(Policy):
 
 
 def random_policy(preset: str, device: str | None = "auto", dtype: torch.dtype | None = None,
-                  quantization: str | None = "none", seed: int = 0, fast: bool = True) -> PrismaticPolicy:
+                  quantization: str | None = "none", seed: int = 0, fast: bool = True, compile: bool = False,
+                  ) -> PrismaticPolicy:
     """A policy with random weights for a preset (benchmarks, smoke tests); identity action statistics."""
     from vla_ros.models.tokenization import build_tokenizer
 
     # A tokenizer of our own (no Llama-2 tokenizer offline); openvla-7b keeps its 32000-id action layout.
-    tok, info = build_tokenizer(["pick up the black bowl and place it on the plate"], text_vocab_size=300)
+    tok, info = build_tokenizer(BENCH_INSTRUCTIONS, text_vocab_size=1000)
     if preset == "openvla-7b":
         cfg = make_config(preset, prompt_suffix_token_id=None)
     else:
         cfg = make_config(preset, action_vocab_size=info.action_vocab_size)
     cfg.norm_stats = identity_statistics(cfg.action_dim, "random")
     model = random_model(cfg, device=device, dtype=dtype, quantization=quantization, seed=seed)
-    return PrismaticPolicy(model, PrismaticProcessor(tok, cfg), fast=fast, model_id=f"preset:{preset}:random")
+    return PrismaticPolicy(model, PrismaticProcessor(tok, cfg), fast=fast, model_id=f"preset:{preset}:random",
+                           compile=compile)
 
 
 def load(path: str | None = None, device: str | None = "auto", dtype: str | torch.dtype | None = None,
          quantization: str | None = "none", adapter: str | None = None, merge_adapter: bool = False,
          unnorm_key: str | None = None, center_crop: bool | None = None, fast: bool = True, seed: int = 0,
-         ) -> PrismaticPolicy:
+         compile: bool = False) -> PrismaticPolicy:
     if not path:
         raise ValueError("the native backend needs a checkpoint directory or 'preset:<name>'")
     if str(path).startswith("preset:"):
         return random_policy(str(path).split(":", 1)[1], device=device, dtype=parse_dtype(dtype),
-                             quantization=quantization, seed=seed, fast=fast)
+                             quantization=quantization, seed=seed, fast=fast, compile=compile)
     model, processor = load_model(path, device=device, dtype=parse_dtype(dtype), quantization=quantization,
                                   adapter=adapter, merge_adapter=merge_adapter, center_crop=center_crop)
-    return PrismaticPolicy(model, processor, unnorm_key=unnorm_key, fast=fast, model_id=str(Path(path).name))
+    return PrismaticPolicy(model, processor, unnorm_key=unnorm_key, fast=fast, model_id=str(Path(path).name),
+                           compile=compile)

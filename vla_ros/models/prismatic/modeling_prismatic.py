@@ -181,6 +181,12 @@ class PrismaticForActionPrediction(PrismaticPreTrainedModel):
             masks.append(torch.cat([attention_mask[r, : k + 1], ones[r], attention_mask[r, k + 1:]], dim=0))
         return torch.stack(rows), torch.stack(masks)
 
+    def build_inputs_unpadded(self, input_ids: torch.Tensor, pixel_values: torch.Tensor) -> torch.Tensor:
+        """:meth:`build_inputs` for unpadded rows, free of host syncs (capturable in a CUDA graph)."""
+        emb = self.get_input_embeddings()(input_ids)
+        patches = self.embed_images(pixel_values).to(emb.dtype)
+        return torch.cat([emb[:, :1], patches, emb[:, 1:]], dim=1)
+
     def forward(self, input_ids: torch.Tensor, pixel_values: torch.Tensor, attention_mask: torch.Tensor | None = None,
                 labels: torch.Tensor | None = None, **kwargs) -> CausalLMOutputWithPast:
         """Teacher-forced forward for training; ``labels`` align with ``input_ids`` (patches are ignored)."""

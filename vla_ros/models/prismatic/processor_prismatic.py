@@ -52,6 +52,7 @@ class PrismaticProcessor:
         self.prompt_template = config.prompt_template
         self.center_crop = config.center_crop if center_crop is None else bool(center_crop)
         self.suffix_id = config.prompt_suffix_token_id
+        self._norm_consts: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
         # OpenVLA's "▁" suffix only makes sense for the Llama-2 tokenizer it was written for
         if self.suffix_id is not None and (self.suffix_id >= len(tokenizer)
                                            or tokenizer.convert_ids_to_tokens(self.suffix_id) != "▁"):
@@ -62,21 +63,46 @@ class PrismaticProcessor:
             raise ValueError(f"instruction must be a non-empty string, got {instruction!r}")
         return self.prompt_template.format(instruction=instruction.strip().lower())
 
+    @property
+    def shared_resize(self) -> bool:
+        """All backbones take the same resized image (openvla-7b: both towers at 224 bicubic)."""
+        return len({(b["image_size"], b.get("interpolation", "bicubic")) for b in self.backbones}) == 1
+
+    def resized_uint8(self, images: list[np.ndarray]) -> torch.Tensor:
+        """(B, S, S, 3) uint8: resized (and centre-cropped) images, before normalisation (needs shared_resize)."""
+        spec = self.backbones[0]
+        return torch.from_numpy(np.stack([
+            np.asarray(resize_and_crop(img, spec["image_size"], spec.get("interpolation", "bicubic"),
+                                       self.center_crop)) for img in images]))
+
+    def normalize(self, resized: torch.Tensor) -> torch.Tensor:
+        """(B, S, S, 3) uint8 -> (B, 3 * n_backbones, S, S) float32, on the tensor's device (the fast path does
+        this on the GPU inside its graph; same operations as on the CPU)."""
+        return torch.cat([self.normalize_one(resized, spec) for spec in self.backbones], dim=1)
+
     def pixel_values(self, images: list[np.ndarray]) -> torch.Tensor:
         """(B, 3 * n_backbones, S, S) float32."""
+        images = [check_image(i) for i in images]
+        if self.shared_resize:
+            return self.normalize(self.resized_uint8(images))
         out = []
         for img in images:
-            chans, cache = [], {}
+            chans = []
             for spec in self.backbones:
-                key = (spec["image_size"], spec.get("interpolation", "bicubic"))
-                if key not in cache:  # both towers of openvla-7b share one resize
-                    pil = resize_and_crop(img, key[0], key[1], self.center_crop)
-                    cache[key] = torch.from_numpy(np.asarray(pil, dtype=np.float32) / 255.0).permute(2, 0, 1)
-                mean = torch.tensor(spec["mean"], dtype=torch.float32)[:, None, None]
-                std = torch.tensor(spec["std"], dtype=torch.float32)[:, None, None]
-                chans.append((cache[key] - mean) / std)
-            out.append(torch.cat(chans, dim=0))
+                pil = resize_and_crop(img, spec["image_size"], spec.get("interpolation", "bicubic"), self.center_crop)
+                x = torch.from_numpy(np.asarray(pil)).unsqueeze(0)
+                chans.append(self.normalize_one(x, spec))
+            out.append(torch.cat(chans, dim=1)[0])
         return torch.stack(out)
+
+    def normalize_one(self, resized: torch.Tensor, spec: dict) -> torch.Tensor:
+        x = resized.permute(0, 3, 1, 2).float() / 255.0
+        key = (str(x.device), tuple(spec["mean"]), tuple(spec["std"]))
+        if key not in self._norm_consts:  # made once per device: no host->device copy inside a CUDA graph
+            self._norm_consts[key] = tuple(torch.tensor(spec[k], dtype=torch.float32, device=x.device)[:, None, None]
+                                           for k in ("mean", "std"))
+        mean, std = self._norm_consts[key]
+        return (x - mean) / std
 
     def tokenize(self, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
         enc = [self.tokenizer(p, add_special_tokens=True)["input_ids"] for p in prompts]
