@@ -15,6 +15,7 @@ rclpy = pytest.importorskip("rclpy", reason="rclpy (ROS 2) is not installed")
 
 from diagnostic_msgs.msg import DiagnosticStatus
 from policy_node_harness import DEADLINE, Harness
+from rclpy.lifecycle import TransitionCallbackReturn
 from sensor_msgs.msg import Image
 
 from helpers import wait_for
@@ -299,3 +300,63 @@ def test_lockstep_answers_each_observation_exactly_once(h):
     h.send_image(value=200, stamp=10.0)
     h.wait_action(lambda a: a.header.stamp.sec == 10, "answer 10")
     assert policy.calls == calls + 1 and len([a for a in h.snapshot() if a.header.stamp.sec == 10]) == 1
+
+
+class _BlockingPolicy:
+    """A policy whose act() blocks until released, counting how many calls run at once."""
+
+    def __init__(self, inner) -> None:
+        import threading
+
+        self.inner, self.metadata = inner, inner.metadata
+        self.entered, self.release = threading.Event(), threading.Event()
+        self._lock = threading.Lock()
+        self.running = self.max_running = self.calls = 0
+
+    def act(self, image, instruction):
+        with self._lock:
+            self.running += 1
+            self.calls += 1
+            self.max_running = max(self.max_running, self.running)
+        self.entered.set()
+        try:
+            assert self.release.wait(DEADLINE)
+            return self.inner.act(image, instruction)
+        finally:
+            with self._lock:
+                self.running -= 1
+
+    def reset(self) -> None:
+        self.inner.reset()
+
+    def close(self) -> None:
+        self.inner.close()
+
+
+def test_inference_never_blocks_callbacks_and_runs_one_at_a_time(h):
+    node = h.start(sim_time=False, auto_start=False, image_timeout_s=1000.0)
+    assert node.trigger_configure() == TransitionCallbackReturn.SUCCESS
+    policy = node._policy = _BlockingPolicy(node._policy)
+    assert node.trigger_activate() == TransitionCallbackReturn.SUCCESS
+    h.wait_matched()
+    h.instruct("push the plate to the front of the stove")
+    h.send_image(value=10, stamp=1.0)
+    assert policy.entered.wait(DEADLINE)  # the worker is now stuck inside the model
+    # every callback still runs: frames are stored (the unused one counted as dropped), the
+    # enable service answers, the status is published; the timer keeps ticking meanwhile
+    for v in (20, 30):
+        h.send_image(value=v, stamp=1.0 + v / 100)
+    assert node.status().dropped_frames >= 1
+    assert h.enable(False).success
+    n = len(h.statuses)
+    wait_for(lambda: len(h.statuses) > n + 1, DEADLINE, what="status while inference runs")
+    assert policy.calls == 1 and policy.running == 1
+    mark = len(h.snapshot())
+    policy.release.set()
+    # the result of the blocked inference is not commanded: the switch went off meanwhile
+    held = h.wait_action(lambda a: True, "the first message after release", start=mark)
+    assert held.hold and held.hold_reason == "disabled"
+    assert h.enable(True).success
+    act = h.wait_action(lambda a: not a.hold, "acting on the newest frame", start=mark)
+    assert list(act.raw_action) == [0, 0, 0, 0, 0, 0, -1]  # the debug constant action
+    assert policy.max_running == 1
