@@ -60,3 +60,20 @@ def test_quantized_base_without_cuda_is_a_clear_error(base_dir, tmp_path, capsys
     assert main(["--base", str(base_dir), "--synthetic", "4", "--out", str(tmp_path / "a"), "--quantization", "4bit",
                  "--steps", "1"]) == 2
     assert "CUDA" in capsys.readouterr().err
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="bitsandbytes 8/4-bit training needs a CUDA GPU")
+@pytest.mark.parametrize("quantization", ["4bit", "8bit"])
+def test_quantized_lora_finetune_on_cuda(base_dir, tmp_path, capsys, quantization):
+    pytest.importorskip("bitsandbytes", reason="bitsandbytes is not installed")
+    adapter = tmp_path / f"adapter_{quantization}"
+    assert main(["--base", str(base_dir), "--synthetic", "8", "--out", str(adapter), "--quantization", quantization,
+                 "--steps", "4", "--batch-size", "2", "--grad-accum", "2", "--lr", "3e-2", "--lora-rank", "8",
+                 "--no-progress", "--log-every", "2"]) == 0
+    assert "trainable params: " in capsys.readouterr().out
+    result = json.loads((adapter / "train_result.json").read_text())
+    assert result["step"] == 4 and np.isfinite(result["loss"])
+    policy = load_policy("native", str(base_dir), device="cuda", quantization=quantization, adapter=str(adapter))
+    action = _actions(policy, 2)
+    assert action.shape == (2, 7) and np.all(np.isfinite(action))
