@@ -10,7 +10,7 @@ import numpy as np
 import psutil
 import pytest
 
-from training.eval import parse_tasks, plan_workers
+from training.eval import make_specs, parse_tasks, parser, plan_workers
 from training.eval_report import build_report, wilson_interval
 
 
@@ -47,6 +47,15 @@ def test_worker_plan_covers_every_episode_once():
     assert parse_tasks("0,2-4", "libero_spatial") == [0, 2, 3, 4]
     with pytest.raises(ValueError):
         parse_tasks("10", "libero_spatial")
+
+
+def test_ros_workers_get_distinct_domains(tmp_path, monkeypatch):
+    monkeypatch.setenv("ROS_DOMAIN_ID", "100")
+    a = parser().parse_args(["--backend", "debug", "--tasks", "0-3", "--episodes-per-task", "2", "--workers", "3",
+                             "--route", "ros", "--out", str(tmp_path)])
+    specs = make_specs(a, tmp_path / "videos")
+    assert [s["domain_id"] for s in specs] == [100, 101, 1]  # wraps within 1..101
+    assert sum(len(s["jobs"]) for s in specs) == 8
 
 
 # ------------------------------------------------------------------ LIBERO episodes (sim, ROS)

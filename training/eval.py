@@ -99,6 +99,9 @@ def run_inprocess(spec: dict) -> list[dict]:
 
     _seed_everything(spec["seed"])
     policy = load_policy(spec["backend"], spec["checkpoint"] or None, **_policy_options(spec))
+    if policy.metadata.image_flip != spec["image_flip"]:  # the node warns the same way on the bridge's status
+        print(f"[eval worker {spec['worker']}] warning: images are flipped with {spec['image_flip']!r} but the "
+              f"checkpoint was trained with {policy.metadata.image_flip!r}: actions will be wrong", flush=True)
     results, env = [], None
     try:
         for n, (task_id, init_id, record) in enumerate(spec["jobs"]):
@@ -183,24 +186,29 @@ def _worker(spec: dict) -> list[dict]:
     return run_inprocess(spec)
 
 
-def evaluate(a: argparse.Namespace) -> dict:
-    """Run the evaluation described by the parsed arguments; returns (and writes) the report."""
-    out = Path(a.out)
-    video_dir = out / "videos"
-    video_dir.mkdir(parents=True, exist_ok=True)
+def make_specs(a: argparse.Namespace, video_dir: Path) -> list[dict]:
+    """One picklable work description per worker; through ROS, worker k uses ROS_DOMAIN_ID base + k (in 1..101)."""
     tasks = parse_tasks(a.tasks, a.suite)
     groups = plan_workers(tasks, a.episodes_per_task, a.record_episodes, a.workers)
     base_domain = int(a.domain_id if a.domain_id is not None else os.environ.get("ROS_DOMAIN_ID", "1") or 1)
     backend_options = yaml.safe_load(a.backend_options) or {}
     if not isinstance(backend_options, dict):
         raise ValueError(f"--backend-options must be a YAML mapping, got {a.backend_options!r}")
-    specs = [{"route": a.route, "worker": k, "jobs": g, "suite": a.suite, "backend": a.backend,
-              "checkpoint": a.checkpoint, "adapter": a.adapter, "device": a.device, "quantization": a.quantization,
-              "backend_options": backend_options, "seed": a.seed, "image_size": a.image_size,
-              "image_flip": a.image_flip, "center_crop": a.center_crop, "max_steps": a.max_steps,
-              "end_on_success": not a.no_end_on_success,
-              "video_dir": str(video_dir), "log_dir": str(out), "with_actions": a.save_actions,
-              "domain_id": 1 + (base_domain - 1 + k) % MAX_DOMAIN_ID} for k, g in enumerate(groups)]
+    return [{"route": a.route, "worker": k, "jobs": g, "suite": a.suite, "backend": a.backend,
+             "checkpoint": a.checkpoint, "adapter": a.adapter, "device": a.device, "quantization": a.quantization,
+             "backend_options": backend_options, "seed": a.seed, "image_size": a.image_size,
+             "image_flip": a.image_flip, "center_crop": a.center_crop, "max_steps": a.max_steps,
+             "end_on_success": not a.no_end_on_success,
+             "video_dir": str(video_dir), "log_dir": str(a.out), "with_actions": a.save_actions,
+             "domain_id": 1 + (base_domain - 1 + k) % MAX_DOMAIN_ID} for k, g in enumerate(groups)]
+
+
+def evaluate(a: argparse.Namespace) -> dict:
+    """Run the evaluation described by the parsed arguments; returns (and writes) the report."""
+    out = Path(a.out)
+    video_dir = out / "videos"
+    video_dir.mkdir(parents=True, exist_ok=True)
+    specs = make_specs(a, video_dir)
     t0 = time.monotonic()
     if len(specs) == 1:
         episodes = _worker(specs[0])
@@ -208,7 +216,7 @@ def evaluate(a: argparse.Namespace) -> dict:
         with ProcessPoolExecutor(len(specs), mp_context=get_context("spawn")) as pool:
             episodes = [e for part in pool.map(_worker, specs) for e in part]
     config = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(a).items()}
-    config.update(tasks=tasks, workers=len(specs), wall_s=round(time.monotonic() - t0, 1),
+    config.update(tasks=parse_tasks(a.tasks, a.suite), workers=len(specs), wall_s=round(time.monotonic() - t0, 1),
                   protocol="OpenVLA run_libero_eval: flipped images, 10 settle steps, suite step limit, "
                            "fixed init states 0..N-1")
     report = build_report(episodes, config)
