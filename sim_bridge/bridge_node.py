@@ -199,8 +199,11 @@ class SimBridgeNode(Node):
             env = self._env_factory(suite, task_id, image_size=self.p("image_size"), cameras=self.cameras,
                                     image_flip=self.p("image_flip"), fast_render=self.p("fast_render"),
                                     seed=self.p("seed"), hard_reset=self.p("hard_reset"))
-        except ValueError as exc:
+        except ValueError as exc:  # unknown task id and the like: the caller's mistake, say which
             return False, str(exc)
+        except Exception as exc:  # LIBERO failing to build a scene must not take the node down
+            self.get_logger().error(f"building {suite} task {task_id} failed: {exc!r}")
+            return False, f"building {suite} task {task_id} failed: {type(exc).__name__}: {exc}"
         if self.env is not None:
             self.env.close()
         self.env = env
