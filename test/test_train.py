@@ -154,3 +154,25 @@ def test_cli_rejects_a_missing_dataset(tmp_path, capsys):
 
     assert main(["--out", str(tmp_path / "x"), "--preset", PRESET]) == 2
     assert "--data" in capsys.readouterr().err
+
+
+def test_gripper_targets_follow_the_models_convention():
+    """LIBERO data (-1 open / +1 close) fine-tuning an OpenVLA-convention model (1 = open): targets are mapped."""
+    ds, model, _ = _setup()
+    model.config.gripper_convention = "openvla_open01"
+    collator = ActionBatchCollator(PrismaticProcessor(_setup()[2].processor.tokenizer, model.config), model.config,
+                                   ActionNormalizer.from_statistics(ds.statistics()), None, "libero_sign")
+    for g, want in ((-1.0, 1.0), (1.0, 0.0)):
+        action = np.array([0, 0, 0, 0, 0, 0, g])
+        got = model.action_tokenizer.decode(collator.action_token_ids(action)[-1:])[0]
+        assert got == pytest.approx(want, abs=model.action_tokenizer.bin_width)
+
+
+def test_training_imports_neither_rclpy_nor_libero():
+    import subprocess
+    import sys
+
+    code = ("import sys, training.train, training.finetune, training.eval, training.step_dataset; "
+            "print(sorted({m.split('.')[0] for m in sys.modules} & {'rclpy', 'libero', 'robosuite', 'mujoco'}))")
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert res.stdout.strip() == "[]", res.stdout

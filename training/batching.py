@@ -22,6 +22,7 @@ import numpy as np
 import torch
 
 from vla_ros.action_tokenizer import ActionTokenizer
+from vla_ros.conventions import closure_to_gripper, gripper_to_closure
 from vla_ros.models.prismatic.configuration_prismatic import PrismaticConfig
 from vla_ros.models.prismatic.modeling_prismatic import IGNORE_INDEX
 from vla_ros.models.prismatic.processor_prismatic import PrismaticProcessor, check_image
@@ -67,8 +68,13 @@ class ActionBatchCollator:
     """Collate function for training and validation (see the module doc for the layout)."""
 
     def __init__(self, processor: PrismaticProcessor, config: PrismaticConfig, normalizer: ActionNormalizer,
-                 augment: AugmentConfig | None = None):
+                 augment: AugmentConfig | None = None, data_gripper_convention: str = "libero_sign"):
         self.processor = processor
+        # Data and model may encode the gripper differently (our LIBERO data: libero_sign; an OpenVLA base:
+        # openvla_open01). The targets follow the model's recorded convention, so the node's conversion holds.
+        gripper_to_closure(0.0, data_gripper_convention)  # validates the name
+        self.gripper_map = ((data_gripper_convention, config.gripper_convention)
+                            if data_gripper_convention != config.gripper_convention else None)
         self.config = config
         self.normalizer = normalizer
         self.action_tokenizer = ActionTokenizer(config.action_vocab_size, config.n_action_bins)
@@ -86,6 +92,9 @@ class ActionBatchCollator:
             raise ValueError(f"sample has {a.shape[0]} action(s), the model predicts chunks of {c.action_chunk}")
         if not np.all(np.isfinite(a)):
             raise ValueError("sample action has NaN/inf values")
+        if self.gripper_map is not None:
+            a = a.copy()
+            a[:, -1] = closure_to_gripper(gripper_to_closure(a[:, -1], self.gripper_map[0]), self.gripper_map[1])
         ids = self.action_tokenizer.encode(self.normalizer.normalize(a)).reshape(-1).tolist()
         if c.predict_done:
             ids.append(int(c.done_token_ids[1] if done else c.done_token_ids[0]))

@@ -123,7 +123,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     processor = PrismaticProcessor(tokenizer, model.config, center_crop=False)
     collator = ActionBatchCollator(processor, model.config, ActionNormalizer.from_statistics(stats),
-                                   AugmentConfig() if a.augment else None)
+                                   AugmentConfig() if a.augment else None,
+                                   data_gripper_convention=stats[key].get("gripper_convention", "libero_sign"))
     peft_model = attach_lora(model, lcfg, quantized=a.quantization != "none",
                              gradient_checkpointing=not a.no_gradient_checkpointing)
     meta = {"command": "finetune", "base": str(Path(a.base).resolve()), "quantization": a.quantization,

@@ -115,8 +115,10 @@ def main(argv: list[str] | None = None) -> int:
     model, tokenizer = build_model(a.preset, instructions, stats, text_vocab_size=a.text_vocab_size,
                                    predict_done=a.predict_done, action_chunk=a.action_chunk, seed=a.seed)
     processor = PrismaticProcessor(tokenizer, model.config)
+    data_gripper = stats[key].get("gripper_convention", "libero_sign")
+    model.config.gripper_convention = data_gripper  # a model trained from scratch emits what its data holds
     collator = ActionBatchCollator(processor, model.config, ActionNormalizer.from_statistics(stats),
-                                   AugmentConfig() if a.augment else None)
+                                   AugmentConfig() if a.augment else None, data_gripper_convention=data_gripper)
     # an augmented model is evaluated with OpenVLA's centre crop (its processor reads this from the config)
     model.config.center_crop = bool(a.augment)
     meta = {"command": "train", "preset": a.preset, "data": a.data or f"synthetic:{a.synthetic}",
