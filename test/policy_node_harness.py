@@ -57,8 +57,16 @@ class Harness:
         self.pub_clock = self.t.create_publisher(Clock, "/clock", command_qos())
         self.enable_client = self.t.create_client(SetBool, tp["enable_service"])
         self.action_client = ActionClient(self.t, ExecuteInstruction, tp["execute_action"])
-        self._thread = threading.Thread(target=self.executor.spin, daemon=True)
+        self._stopping = threading.Event()
+        self._thread = threading.Thread(target=self._spin, daemon=True)
         self._thread.start()
+
+    def _spin(self) -> None:
+        # Our own loop instead of executor.spin(): close() stops it BEFORE executor.shutdown(), which in
+        # rclpy 9 destroys its guard condition without waiting for callbacks still running in the pool;
+        # a spin still going would then re-raise their InvalidHandle.
+        while not self._stopping.is_set():
+            self.executor.spin_once(timeout_sec=0.05)
 
     def _rec(self, store: list):
         def cb(msg):
@@ -83,8 +91,9 @@ class Harness:
                  DEADLINE, what="node endpoints matched")
 
     def close(self) -> None:
+        self._stopping.set()
+        self._thread.join(timeout=10.0)
         self.executor.shutdown(timeout_sec=5.0)
-        self._thread.join(timeout=10.0)  # no callback may run while the nodes are destroyed
         if self.node is not None:
             self.node.trigger_shutdown()
             self.node.destroy_node()
