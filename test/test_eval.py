@@ -128,3 +128,20 @@ def test_parallel_workers_and_policy_done(tmp_path):
         assert t["ended_by"] == {"policy_done": 1} and t["mean_steps"] == 1.0
     assert not list((tmp_path / "w" / "videos").glob("*.mp4"))
     assert not _leftover_children(), "a worker process was left behind"
+
+
+@pytest.mark.sim
+@pytest.mark.ros
+@pytest.mark.slow
+def test_ros_eval_fails_fast_and_cleanly_when_the_policy_cannot_load(tmp_path, capsys):
+    pytest.importorskip("robosuite", reason="LIBERO's simulation stack is not installed")
+    pytest.importorskip("rclpy", reason="rclpy (ROS 2) is not installed")
+    from training.eval import main
+
+    out = tmp_path / "broken"
+    assert main(["--route", "ros", "--backend", "native", "--checkpoint", str(tmp_path / "missing"), "--tasks", "0",
+                 "--episodes-per-task", "1", "--max-steps", "3", "--image-size", "64", "--out", str(out)]) == 1
+    assert "vla_policy_node exited with code 1" in capsys.readouterr().err
+    assert not (out / "report.json").exists()
+    assert not list((out / "videos").glob(".worker*")), "the bridge's scratch recordings were left behind"
+    assert not _leftover_children(), "a graph process was left behind"

@@ -35,6 +35,11 @@ import yaml
 from training.eval_report import build_report, format_report
 from vla_ros.conventions import DEFAULT_IMAGE_FLIP, IMAGE_FLIPS, LIBERO_SUITES, SIM_IMAGE_SIZE
 
+
+class EvalError(RuntimeError):
+    """The evaluation could not run (a graph node died, a reset was refused); the message says why."""
+
+
 LIBERO_TASKS_PER_SUITE = {"libero_90": 90}  # every other suite has 10 tasks
 MAX_DOMAIN_ID = 101  # CONVENTIONS.md: ROS_DOMAIN_ID 1..101
 
@@ -124,34 +129,51 @@ def run_inprocess(spec: dict) -> list[dict]:
 
 def run_through_ros(spec: dict) -> list[dict]:
     """Worker: the libero_sim graph in this worker's ROS domain, one reset per job."""
-    from vla_ros.nodes.eval_client import GraphEvaluator
+    from vla_ros.nodes.eval_client import GraphError
 
+    try:
+        return _run_graphs(spec)
+    except GraphError as exc:  # plain message across the process pool
+        raise EvalError(str(exc)) from None
+
+
+def _run_graphs(spec: dict) -> list[dict]:
     results: list[dict] = []
     jobs = spec["jobs"]
     record_dir = Path(spec["video_dir"]) / f".worker{spec['worker']}" if any(j[2] for j in jobs) else None
-    # one graph per task: the graph's task argument also fixes what the bridge builds first
-    for task_id in dict.fromkeys(j[0] for j in jobs):
-        args = {"suite": spec["suite"], "task_id": task_id, "init_state_id": 0, "backend": spec["backend"],
-                "model": spec["checkpoint"], "adapter": spec["adapter"] or "", "device": spec["device"] or "",
-                "quantization": spec["quantization"] or "none", "step_mode": "lockstep",
-                "image_size": spec["image_size"], "max_steps": spec["max_steps"],
-                "record": str(record_dir) if record_dir else ""}
-        bridge = {"cameras": ["agentview"], "image_flip": spec["image_flip"], "seed": spec["seed"],
-                  "end_on_success": spec["end_on_success"]}
-        policy = {"backend_options": yaml.safe_dump(spec["backend_options"], default_flow_style=True).strip(),
-                  "center_crop": spec["center_crop"]}
-        log = Path(spec["log_dir"]) / f"graph_worker{spec['worker']}_task{task_id:02d}.log"
-        with GraphEvaluator(args, domain_id=spec["domain_id"], bridge_params=bridge, policy_params=policy,
-                            log_path=log) as graph:
-            for _, init_id, record in (j for j in jobs if j[0] == task_id):
-                res = graph.run_episode(spec["suite"], task_id, init_id)
-                if record_dir is not None:
-                    res.video = _keep_recording(record_dir, Path(spec["video_dir"]), res, record)
-                results.append(res.to_dict(with_actions=spec["with_actions"]))
-                _progress(spec, res)
-    if record_dir is not None:
-        shutil.rmtree(record_dir, ignore_errors=True)
+    try:
+        # one graph per task: the graph's task argument also fixes what the bridge builds first
+        for task_id in dict.fromkeys(j[0] for j in jobs):
+            _run_task_graph(spec, task_id, record_dir, results)
+    finally:
+        if record_dir is not None:
+            shutil.rmtree(record_dir, ignore_errors=True)
     return results
+
+
+def _run_task_graph(spec: dict, task_id: int, record_dir: Path | None, results: list[dict]) -> None:
+    """One ``libero_sim`` graph for ``task_id``: every job of that task, one reset each."""
+    from vla_ros.nodes.eval_client import GraphEvaluator
+
+    jobs = spec["jobs"]
+    args = {"suite": spec["suite"], "task_id": task_id, "init_state_id": 0, "backend": spec["backend"],
+            "model": spec["checkpoint"], "adapter": spec["adapter"] or "", "device": spec["device"] or "",
+            "quantization": spec["quantization"] or "none", "step_mode": "lockstep",
+            "image_size": spec["image_size"], "max_steps": spec["max_steps"],
+            "record": str(record_dir) if record_dir else ""}
+    bridge = {"cameras": ["agentview"], "image_flip": spec["image_flip"], "seed": spec["seed"],
+              "end_on_success": spec["end_on_success"]}
+    policy = {"backend_options": yaml.safe_dump(spec["backend_options"], default_flow_style=True).strip(),
+              "center_crop": spec["center_crop"]}
+    log = Path(spec["log_dir"]) / f"graph_worker{spec['worker']}_task{task_id:02d}.log"
+    with GraphEvaluator(args, domain_id=spec["domain_id"], bridge_params=bridge, policy_params=policy,
+                        log_path=log) as graph:
+        for _, init_id, record in (j for j in jobs if j[0] == task_id):
+            res = graph.run_episode(spec["suite"], task_id, init_id)
+            if record_dir is not None:
+                res.video = _keep_recording(record_dir, Path(spec["video_dir"]), res, record)
+            results.append(res.to_dict(with_actions=spec["with_actions"]))
+            _progress(spec, res)
 
 
 def _keep_recording(src: Path, dst: Path, res, keep: bool, timeout_s: float = 60.0) -> str | None:
@@ -266,6 +288,9 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as exc:
         print(f"vla-ros eval: {exc}", file=sys.stderr)
         return 2
+    except EvalError as exc:
+        print(f"vla-ros eval: {exc}", file=sys.stderr)
+        return 1
     print(format_report(report))
     print(f"report: {Path(a.out) / 'report.json'}")
     return 0
