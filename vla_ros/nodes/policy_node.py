@@ -28,7 +28,7 @@ import numpy as np
 import rclpy
 import rclpy.exceptions
 import yaml
-from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
+from diagnostic_msgs.msg import DiagnosticArray
 from geometry_msgs.msg import TwistStamped
 from rcl_interfaces.msg import SetParametersResult
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
@@ -52,13 +52,12 @@ from vla_ros.controller import (
     validate_instruction,
 )
 from vla_ros.image_codec import image_msg_to_rgb
-from vla_ros.nodes import policy_params
+from vla_ros.nodes import policy_params, policy_status
 from vla_ros.nodes.execute_action import GoalHooks, InstructionActionServer
 from vla_ros.nodes.qos import command_qos, image_qos
 from vla_ros.policy import Policy
 from vla_ros_msgs.msg import EpisodeStatus, PolicyStatus, VlaAction
 
-_ERROR_REASONS = ("inference_error", "invalid_output")
 _EPISODE_STAMPS_KEPT = 32
 _EPISODE_WAIT_S = 0.2  # how long an answer waits for the bridge's status of its observation
 
@@ -553,20 +552,9 @@ class VlaPolicyNode(LifecycleNode):
         st = PolicyStatus()
         st.header.stamp = self.get_clock().now().to_msg()
         with self._lock:
-            if self._policy is None:
-                st.state, st.hold_reason = PolicyStatus.STATE_UNCONFIGURED, "inactive"
-            elif not self._active:
-                st.state, st.hold_reason = PolicyStatus.STATE_INACTIVE, "inactive"
-            elif self._finished:
-                st.state, st.hold_reason = PolicyStatus.STATE_FINISHED, "finished"
-            elif self._last_reason in _ERROR_REASONS:
-                st.state, st.hold_reason = PolicyStatus.STATE_ERROR, self._last_reason
-            elif self._last_reason:
-                st.state, st.hold_reason = PolicyStatus.STATE_HOLDING, self._last_reason
-            else:
-                st.state = PolicyStatus.STATE_ACTIVE
-            st.state_name = {0: "unconfigured", 1: "inactive", 2: "active", 3: "holding", 4: "finished",
-                             5: "error"}[st.state]
+            st.state, st.hold_reason = policy_status.state_of(self._policy is not None, self._active,
+                                                              self._finished, self._last_reason)
+            st.state_name = policy_status.STATE_NAMES[st.state]
             st.model_id = self._policy.metadata.model_id if self._policy is not None else ""
             st.instruction = self._instruction or ""
             st.last_inference_ms = float(self._last_ms)
@@ -583,17 +571,7 @@ class VlaPolicyNode(LifecycleNode):
         if self._pub_status is None:
             return
         self._pub_status.publish(st)
-        level = {PolicyStatus.STATE_ACTIVE: DiagnosticStatus.OK, PolicyStatus.STATE_ERROR: DiagnosticStatus.ERROR}
-        diag = DiagnosticArray()
-        diag.header.stamp = st.header.stamp
-        diag.status = [DiagnosticStatus(
-            level=level.get(st.state, DiagnosticStatus.WARN), name=f"{self.get_name()}: control",
-            message=st.state_name + (f" ({st.hold_reason})" if st.hold_reason else ""), hardware_id=st.model_id,
-            values=[KeyValue(key=k, value=str(v)) for k, v in (
-                ("instruction", st.instruction), ("mean_inference_ms", f"{st.mean_inference_ms:.2f}"),
-                ("control_rate_hz", f"{st.control_rate_hz:.2f}"), ("actions_published", st.actions_published),
-                ("holds_published", st.holds_published), ("dropped_frames", st.dropped_frames),
-                ("rejected_inputs", st.rejected_inputs), ("last_error", st.last_error))])]
+        diag = policy_status.diagnostics(st, f"{self.get_name()}: control")
         self._pub_diag.publish(diag)
 
 

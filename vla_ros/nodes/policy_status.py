@@ -1,0 +1,43 @@
+"""vla_policy_node's status: the PolicyStatus state machine in one function, and its diagnostics form."""
+
+from __future__ import annotations
+
+from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
+
+from vla_ros_msgs.msg import PolicyStatus
+
+STATE_NAMES = {PolicyStatus.STATE_UNCONFIGURED: "unconfigured", PolicyStatus.STATE_INACTIVE: "inactive",
+               PolicyStatus.STATE_ACTIVE: "active", PolicyStatus.STATE_HOLDING: "holding",
+               PolicyStatus.STATE_FINISHED: "finished", PolicyStatus.STATE_ERROR: "error"}
+ERROR_REASONS = ("inference_error", "invalid_output")  # holds that mean the model, not the world, failed
+
+
+def state_of(configured: bool, active: bool, finished: bool, last_reason: str) -> tuple[int, str]:
+    """(PolicyStatus state, hold reason) from the node's flags and the reason of its last message."""
+    if not configured:
+        return PolicyStatus.STATE_UNCONFIGURED, "inactive"
+    if not active:
+        return PolicyStatus.STATE_INACTIVE, "inactive"
+    if finished:
+        return PolicyStatus.STATE_FINISHED, "finished"
+    if last_reason in ERROR_REASONS:
+        return PolicyStatus.STATE_ERROR, last_reason
+    if last_reason:
+        return PolicyStatus.STATE_HOLDING, last_reason
+    return PolicyStatus.STATE_ACTIVE, ""
+
+
+def diagnostics(st: PolicyStatus, name: str) -> DiagnosticArray:
+    """The status as one DiagnosticStatus: OK while acting, ERROR on model failures, WARN otherwise."""
+    level = {PolicyStatus.STATE_ACTIVE: DiagnosticStatus.OK, PolicyStatus.STATE_ERROR: DiagnosticStatus.ERROR}
+    diag = DiagnosticArray()
+    diag.header.stamp = st.header.stamp
+    diag.status = [DiagnosticStatus(
+        level=level.get(st.state, DiagnosticStatus.WARN), name=name,
+        message=st.state_name + (f" ({st.hold_reason})" if st.hold_reason else ""), hardware_id=st.model_id,
+        values=[KeyValue(key=k, value=str(v)) for k, v in (
+            ("instruction", st.instruction), ("mean_inference_ms", f"{st.mean_inference_ms:.2f}"),
+            ("control_rate_hz", f"{st.control_rate_hz:.2f}"), ("actions_published", st.actions_published),
+            ("holds_published", st.holds_published), ("dropped_frames", st.dropped_frames),
+            ("rejected_inputs", st.rejected_inputs), ("last_error", st.last_error))])]
+    return diag
