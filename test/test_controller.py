@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from vla_ros.controller import (
     ControllerConfig,
@@ -130,3 +132,22 @@ def test_rate_meter():
         meter.tick()
         now[0] += 0.05
     assert meter.rate() == pytest.approx(20.0)
+
+
+finite = st.floats(min_value=-1e6, max_value=1e6, allow_nan=False)
+
+
+@settings(max_examples=200, deadline=None)
+@given(raw=st.lists(finite, min_size=7, max_size=7),
+       lin=st.floats(min_value=1e-4, max_value=1.0), ang=st.floats(min_value=1e-4, max_value=6.3),
+       lo=st.floats(min_value=-1.0, max_value=0.0), hi=st.floats(min_value=0.0, max_value=1.0),
+       binary=st.booleans())
+def test_shaped_commands_always_respect_every_bound(raw, lin, ang, lo, hi, binary):
+    cfg = ControllerConfig(clamp_low=(lo,) * 6, clamp_high=(hi,) * 6, max_linear_step_m=lin,
+                           max_angular_step_rad=ang, gripper_mode="binary" if binary else "continuous")
+    cmd = shape_action(np.array(raw), SPACE, "libero_sign", cfg)
+    assert np.linalg.norm(cmd.linear) <= lin * (1 + 1e-9)
+    assert np.linalg.norm(cmd.angular) <= ang * (1 + 1e-9)
+    units = np.concatenate([cmd.linear / SPACE.linear_unit_m, cmd.angular / SPACE.angular_unit_rad])
+    assert np.all(units >= lo - 1e-9) and np.all(units <= hi + 1e-9)  # norm limits only shrink toward 0
+    assert 0.0 <= cmd.gripper <= 1.0 and (not binary or cmd.gripper in (0.0, 1.0))
