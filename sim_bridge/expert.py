@@ -3,7 +3,8 @@
 The expert reads the BDDL goal (``parsed_problem["goal_state"]``), the poses of the objects and
 region sites, and the object extents from the collision geoms of the MuJoCo model, and drives
 robosuite's OSC_POSE controller (LIBERO's action space, see ``vla_ros.conventions``) through the
-phases approach -> descend -> grasp -> lift -> transport -> lower -> release -> retreat.
+phases approach -> descend -> grasp -> (extract from under an overhang) -> lift -> transport -> lower
+-> release -> retreat.
 
 Every action is a function of the current simulator state and of the expert's phase (plus the
 per-episode random offsets drawn at :meth:`ScriptedExpert.reset`), so the expert can label states
@@ -22,7 +23,7 @@ from vla_ros.conventions import ACTION_DIM, LIBERO_ACTION_SPACE
 
 log = logging.getLogger(__name__)
 
-PHASES = ("approach", "descend", "grasp", "lift", "transport", "lower", "release", "retreat",
+PHASES = ("approach", "descend", "grasp", "extract", "lift", "transport", "lower", "release", "retreat",
           "done")
 
 # Gripper site orientation with the fingers pointing down and closing along world y (the pose the
@@ -57,6 +58,14 @@ def _axis_angle(r: np.ndarray) -> np.ndarray:
         return axis / np.linalg.norm(axis) * angle
     axis = np.array([r[2, 1] - r[1, 2], r[0, 2] - r[2, 0], r[1, 0] - r[0, 1]]) / (2.0 * np.sin(angle))
     return axis * angle
+
+
+def _target_rot(yaw: float, current: np.ndarray) -> np.ndarray:
+    """Hand-down orientation at ``yaw`` or ``yaw + pi`` (the same grasp: the gripper is symmetric),
+    whichever is the smaller turn from ``current``, so the wrist never winds toward its joint limit."""
+    a, b = _rot_z(yaw) @ _R_DOWN, _rot_z(yaw + np.pi) @ _R_DOWN
+    ea, eb = (np.linalg.norm(_axis_angle(r @ current.T)) for r in (a, b))
+    return a if ea <= eb else b
 
 
 def _wrap_half_pi(a: float) -> float:
@@ -247,7 +256,7 @@ class ScriptedExpert:
         # Container (bowl): pinch the rim wall, on the side with the most free space around it.
         c = ext.center_xy
         radius = float(np.max(np.linalg.norm(ext.points[:, :2] - c, axis=1)))
-        others = self._obstacle_points(exclude=(self.obj,))
+        others = self._obstacle_frames(exclude=(self.obj,))
         away_dir = c - self.geo.data.xpos[self._shoulder_id][:2]
         away_dir = away_dir / max(float(np.linalg.norm(away_dir)), 1e-9)
         shoulder = self.geo.data.xpos[self._shoulder_id][:2]
@@ -257,7 +266,10 @@ class ScriptedExpert:
             d = np.array([np.cos(theta), np.sin(theta)])
             grasp = c + d * (radius - 0.006)
             yaw = _wrap_half_pi(theta - np.pi / 2)
-            score = self._clearance(others, grasp, d, ext.top) - 0.01 * abs(yaw)
+            z = ext.top - 0.016
+            probes = [np.r_[grasp + d * sd, z + dz] for sd in (-0.045, 0.045) for dz in (0.0, 0.03)]
+            probes += [np.r_[grasp + d * sd, z + 0.07] for sd in (-0.1, -0.05, 0.0, 0.05, 0.1)]
+            score = min(self._clearance(others, np.asarray(probes)), 0.06) - 0.01 * abs(yaw)
             # where the hand will be when picking and when placing: both must stay well inside the
             # arm's reach (a straight elbow is a singularity the controller cannot leave)
             for hand in (grasp, place_xy + (grasp - c)):
@@ -274,7 +286,7 @@ class ScriptedExpert:
                          yaw=_wrap_half_pi(yaw + 0.5 * self.noise["yaw"]), rim=True)
 
     def _obstacle_boxes(self, exclude: tuple[str, ...]) -> np.ndarray:
-        """(G, 5) world bounding boxes (xmin, xmax, ymin, ymax, zmax) of every other collision geom.
+        """(G, 6) world bounding boxes (xmin, xmax, ymin, ymax, zmax, zmin) of every other collision geom.
 
         Boxes, not corner points: a basket wall is one long box whose corners lie far apart.
         """
@@ -283,8 +295,21 @@ class ScriptedExpert:
         for n in names:
             for g in self.geo.geoms(n):
                 p = self.geo.geom_points(g)
-                rows.append((p[:, 0].min(), p[:, 0].max(), p[:, 1].min(), p[:, 1].max(), p[:, 2].max()))
-        return np.asarray(rows, dtype=np.float64).reshape(-1, 5)
+                rows.append((p[:, 0].min(), p[:, 0].max(), p[:, 1].min(), p[:, 1].max(), p[:, 2].max(),
+                             p[:, 2].min()))
+        return np.asarray(rows, dtype=np.float64).reshape(-1, 6)
+
+    def _overhead(self, ext: Extents, margin: float = 0.0) -> np.ndarray:
+        """xy centres of obstacle boxes above the object's middle and over its footprint (a cabinet top
+        over a bowl in a drawer): lifting straight up would hit them."""
+        boxes = self._obstacle_boxes(exclude=(self.obj,))
+        c = ext.center_xy
+        radius = float(np.max(np.linalg.norm(ext.points[:, :2] - c, axis=1)))
+        dx = np.maximum(np.maximum(boxes[:, 0] - c[0], c[0] - boxes[:, 1]), 0.0)
+        dy = np.maximum(np.maximum(boxes[:, 2] - c[1], c[1] - boxes[:, 3]), 0.0)
+        above = boxes[:, 5] > ext.bottom + 0.5 * (ext.top - ext.bottom)
+        hit = above & (np.hypot(dx, dy) < radius + margin)
+        return np.c_[(boxes[hit, 0] + boxes[hit, 1]) / 2, (boxes[hit, 2] + boxes[hit, 3]) / 2]
 
     def _obstacle_points(self, exclude: tuple[str, ...]) -> np.ndarray:
         pts = [self.geo.points(n) for n in self._inner.objects_dict if n not in exclude]
@@ -302,16 +327,38 @@ class ScriptedExpert:
         dy = np.maximum(np.maximum(boxes[None, :, 2] - pts[:, None, 1], pts[:, None, 1] - boxes[None, :, 3]), 0.0)
         return float(np.hypot(dx, dy).min())
 
+    def _obstacle_frames(self, exclude: tuple[str, ...]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Every other collision geom as an oriented box: centres (G, 3), rotations (G, 3, 3), half sizes (G, 3)."""
+        centres, rots, halves = [], [], []
+        d = self.geo.data
+        for n in self._inner.obj_body_id:
+            if n in exclude:
+                continue
+            for g in self.geo.geoms(n):
+                rot = d.geom_xmat[g].reshape(3, 3)
+                local = (self.geo.geom_points(g) - d.geom_xpos[g]) @ rot  # back into the geom frame
+                lo, hi = local.min(0), local.max(0)
+                centres.append(d.geom_xpos[g] + rot @ ((lo + hi) / 2))
+                rots.append(rot)
+                halves.append((hi - lo) / 2)
+        if not centres:
+            return np.zeros((0, 3)), np.zeros((0, 3, 3)), np.zeros((0, 3))
+        return np.asarray(centres), np.asarray(rots), np.asarray(halves)
+
     @staticmethod
-    def _clearance(points: np.ndarray, grasp_xy: np.ndarray, d: np.ndarray, top: float) -> float:
-        """Free space around the fingers and hand at a rim grasp (obstacles at hand height only)."""
-        if len(points) == 0:
+    def _clearance(frames: tuple[np.ndarray, np.ndarray, np.ndarray], probes: np.ndarray) -> float:
+        """Smallest distance from the probe points (fingers, palm) to any obstacle's oriented box.
+
+        Oriented boxes, not corner points or world-aligned boxes: a drawer wall is a long thin box,
+        rotated with its cabinet.
+        """
+        centres, rots, halves = frames
+        if len(centres) == 0:
             return 1.0
-        near = points[points[:, 2] > top - 0.04]
-        if len(near) == 0:
-            return 1.0
-        probes = [grasp_xy + d * s for s in (0.0, 0.03, 0.06)]
-        return float(min(np.min(np.linalg.norm(near[:, :2] - p, axis=1)) for p in probes))
+        rel = probes[:, None, :] - centres[None]  # (P, G, 3)
+        local = np.einsum("pgi,gij->pgj", rel, rots)  # R^T (p - c)
+        out = np.maximum(np.abs(local) - halves[None], 0.0)
+        return float(np.linalg.norm(out, axis=2).min())
 
     def _place_target(self) -> tuple[np.ndarray, float]:
         """(xy where the object's body should end up, z its bottom should be released at)."""
@@ -343,7 +390,7 @@ class ScriptedExpert:
         n = np.linalg.norm(a[:3])
         if n > vmax:
             a[:3] *= vmax / n
-        r_err = _rot_z(yaw) @ _R_DOWN @ rot.T
+        r_err = _target_rot(yaw, rot) @ rot.T
         a[3:6] = np.clip(_axis_angle(r_err) / LIBERO_ACTION_SPACE.angular_unit_rad * 1.5, -0.6, 0.6)
         a[6] = gripper
         return a
@@ -384,7 +431,7 @@ class ScriptedExpert:
                 hover[:2] = pos[:2]  # climb first when low, so the hand does not sweep objects
             err = hover - pos
             _, rot = self._eef()
-            ori_err = np.linalg.norm(_axis_angle(_rot_z(plan.yaw) @ _R_DOWN @ rot.T))
+            ori_err = np.linalg.norm(_axis_angle(_target_rot(plan.yaw, rot) @ rot.T))
             if np.linalg.norm(err[:2]) < 0.008 and abs(err[2]) < 0.02 and ori_err < 0.08 and not climbing:
                 self._set_phase("descend")
                 return self._act()
@@ -408,7 +455,7 @@ class ScriptedExpert:
                 self._lift_from = pos[2]
                 self._obj_from = obj[2]
                 self._bottom_from = ext.bottom
-                self._set_phase("lift")
+                self._set_phase("extract" if len(self._overhead(ext)) else "lift")
                 return self._act()
             return self._keep_moving(self._move(grasp, plan.yaw, _CLOSE, 0.2))
 
@@ -419,6 +466,19 @@ class ScriptedExpert:
         baseline = min(getattr(self, "_bottom_from", place_bottom), place_bottom)
         clear = self._required_bottom(ext, place_xy, baseline) + self.noise["clearance"]
         carry_z = clear + bottom_below_hand
+
+        if self.phase == "extract":
+            # Slide out from under what is overhead (a drawer: along its opening) before lifting.
+            over = self._overhead(ext, margin=0.015)
+            stuck = self._stalled(pos, 0.002) and self.phase_steps > 4  # against the drawer's front wall
+            if len(over) == 0 or stuck or self.phase_steps > 30:
+                self._lift_from = pos[2]
+                self._obj_from = obj[2]
+                self._set_phase("lift")
+                return self._act()
+            away = ext.center_xy - over.mean(axis=0)
+            away /= max(float(np.linalg.norm(away)), 1e-9)
+            return self._move(np.r_[pos[:2] + away * 0.03, pos[2] + 0.002], plan.yaw, _CLOSE, 0.6)
 
         if self.phase in ("lift", "transport"):
             lifted = pos[2] - self._lift_from
