@@ -106,7 +106,7 @@ def test_action_runs_to_a_result_and_cancel_holds(h):
     assert (res.success, res.reason, res.steps) == (False, "step_limit", 2)
     assert node._instruction is None  # the node holds after the goal
     mark = len(h.snapshot())
-    assert h.wait_action(lambda a: True, "hold after the step limit", start=mark).hold_reason == "no_instruction"
+    assert h.wait_action(lambda a: a.hold, "hold after the step limit", start=mark).hold_reason == "no_instruction"
 
     gh, _ = _goal(h, "")  # an invalid instruction is refused at the door
     assert not gh.accepted
@@ -125,7 +125,7 @@ def test_action_runs_to_a_result_and_cancel_holds(h):
     assert _result(h, gh).reason == "timeout"
     assert h.enable(True).success
     mark = len(h.snapshot())
-    held = h.wait_action(lambda a: True, "hold after cancel and timeout", start=mark)
+    held = h.wait_action(lambda a: a.hold_reason != "disabled", "hold after cancel and timeout", start=mark)
     assert held.hold and held.hold_reason == "no_instruction"
     assert topics()["execute_action"] == "/vla/execute_instruction"
 
