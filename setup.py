@@ -98,6 +98,7 @@ setup(
             # nodes (ros2 run vla_ros <name>)
             "vla_policy_node = vla_ros.nodes.policy_node:main",
             "sim_bridge_node = sim_bridge.bridge_node:main",
+            "vla_bag_recorder = vla_ros.nodes.bag_recorder:main",
             # the project's own CLI (works without the ros2 command)
             "vla-ros = vla_ros.cli:main",
         ],

@@ -16,6 +16,16 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "watch": ("vla_ros.nodes.cli_tools:watch_main", "print actions, policy status and episode status"),
     "enable": ("vla_ros.nodes.cli_tools:enable_main", "switch the policy's output on/off (std_srvs/SetBool)"),
     "reset": ("vla_ros.nodes.cli_tools:reset_main", "reset the simulator bridge to a task/init state"),
+    "record": ("vla_ros.nodes.bag_recorder", "record camera/instruction/action topics to an MCAP bag"),
+    "serve": ("vla_ros.serving", "serve a policy over HTTP (OpenVLA deploy.py protocol, POST /act)"),
+    "generate-demos": ("sim_bridge.generate_demos", "scripted-expert demonstrations -> LIBERO-format HDF5"),
+    "expert-eval": ("sim_bridge.expert", "the scripted expert's success on the suites' fixed init states"),
+    "dataset-stats": ("training.data.statistics", "dataset_statistics.json (OpenVLA layout) of a dataset"),
+    "export-compact": ("training.data.compact", "export a dataset to the compact form carried to a GPU"),
+    "bag-to-dataset": ("training.data.bag_convert", "convert a recorded MCAP bag to a LIBERO-format dataset"),
+    "train": ("training.train", "train a native VLA from scratch"),
+    "finetune": ("training.finetune", "LoRA fine-tuning (8/4-bit base) of a checkpoint"),
+    "eval": ("training.eval", "evaluate a checkpoint on a LIBERO suite (in-process or through ROS)"),
 }
 
 
