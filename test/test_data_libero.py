@@ -177,10 +177,10 @@ def test_compact_export_fits_and_round_trips(tmp_path):
         np.testing.assert_allclose(back.obs["gripper_states"], orig.obs["gripper_states"], atol=1e-6)
         want = flip_image(orig.obs["agentview_rgb"], "rot180").astype(float)
         err = np.abs(back.obs["agentview_rgb"].astype(float) - want)
-        assert err.mean() < 2.0, err.mean()  # near-lossless (CRF 18, 4:4:4)
+        assert err.mean() < 3.0, err.mean()  # near-lossless (4:4:4 chroma)
         assert back.instruction == orig.instruction
     raw = CompactDataset(out, image_flip="none")
-    assert np.abs(raw[0].obs["eye_in_hand_rgb"].astype(float) - eps[0].obs["eye_in_hand_rgb"]).mean() < 2.0
+    assert np.abs(raw[0].obs["eye_in_hand_rgb"].astype(float) - eps[0].obs["eye_in_hand_rgb"]).mean() < 3.0
 
 
 def test_compact_rejects_other_directories(tmp_path):

@@ -34,7 +34,7 @@ log = logging.getLogger(__name__)
 
 FORMAT = "vla_ros_compact"
 VERSION = 1
-DEFAULT_CRF = 18  # visually lossless for x264; see docs/data.md for the measured pixel error
+DEFAULT_CRF = 23  # ~120 KiB per LIBERO demo (2 cameras), mean pixel error ~2.5/255: docs/data.md
 CAMERAS = ("agentview_rgb", "eye_in_hand_rgb")
 LOWDIM = ("ee_states", "gripper_states", "joint_states")
 FPS = 20
@@ -219,3 +219,42 @@ class CompactDataset:
 
 def dir_size(path: str | Path) -> int:
     return sum(p.stat().st_size for p in Path(path).rglob("*") if p.is_file())
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``vla-ros export-compact SRC OUT``: LIBERO-format files -> compact dataset for the GPU machine."""
+    import argparse
+
+    p = argparse.ArgumentParser(prog="vla-ros export-compact", description=main.__doc__)
+    p.add_argument("src", help="a LIBERO-format .hdf5 file or a directory of them (searched recursively)")
+    p.add_argument("out", help="output directory (replaced)")
+    p.add_argument("--crf", type=int, default=DEFAULT_CRF, help="x264 quality: lower is better and larger")
+    p.add_argument("--max-demos-per-file", type=int, default=None)
+    p.add_argument("--check", action="store_true", help="decode again and report the pixel error")
+    a = p.parse_args(argv)
+    out = export_hdf5_dir(a.src, a.out, crf=a.crf, max_demos_per_file=a.max_demos_per_file)
+    ds = CompactDataset(out, load_images=a.check, image_flip="none")
+    n_steps = sum(e["length"] for e in ds.meta["episodes"])
+    size = dir_size(out)
+    print(f"{out}: {len(ds)} demos, {n_steps} steps, {size / 2**20:.2f} MiB "
+          f"({size / max(len(ds), 1) / 1024:.0f} KiB per demo)")
+    if a.check:
+        from training.data.libero_hdf5 import LiberoHdf5Reader, dataset_files
+
+        errs = []
+        i = 0
+        for path in dataset_files(a.src):
+            with LiberoHdf5Reader(path, image_flip="none") as r:
+                n = len(r) if a.max_demos_per_file is None else min(len(r), a.max_demos_per_file)
+                for k in range(n):
+                    src, back = r[k], ds[i]
+                    i += 1
+                    for c in CAMERAS:
+                        errs.append(np.abs(src.obs[c].astype(np.int16) - back.obs[c].astype(np.int16)))
+        e = np.concatenate([x.reshape(-1) for x in errs])
+        print(f"pixel error: mean {e.mean():.2f}, p99 {np.percentile(e, 99):.0f}, max {e.max()} (of 255)")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -89,3 +89,29 @@ def write_statistics(episodes: Iterable[Episode], out_dir: str | Path, key: str,
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     return save_statistics({key: compute_statistics(episodes, filter_noops)}, out / STATS_FILENAME)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``vla-ros dataset-stats DIR --key KEY``: write DIR/dataset_statistics.json from its LIBERO-format files."""
+    import argparse
+
+    from training.data.libero_hdf5 import LiberoHdf5Reader, dataset_files
+
+    p = argparse.ArgumentParser(prog="vla-ros dataset-stats", description=main.__doc__)
+    p.add_argument("dir", help="directory of LIBERO-format .hdf5 files (searched recursively)")
+    p.add_argument("--key", required=True, help="dataset key (the unnorm_key a checkpoint will use)")
+    p.add_argument("--keep-noops", action="store_true", help="do not drop no-op steps")
+    a = p.parse_args(argv)
+
+    def episodes():
+        for path in dataset_files(a.dir):
+            with LiberoHdf5Reader(path, load_images=False) as r:
+                yield from r
+
+    path = write_statistics(episodes(), a.dir, a.key, filter_noops=not a.keep_noops)
+    print(path)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
