@@ -49,6 +49,8 @@ def time_mode(policy, mode: str, images: list[np.ndarray], iters: int, warmup: i
         policy.fast, policy._decoder = True, None
     elif mode == "fast-compiled":
         policy.fast, policy._decoder = True, StaticGreedyDecoder(policy.model, compile=True)
+    elif mode == "fast-autotune":
+        policy.fast, policy._decoder = True, StaticGreedyDecoder(policy.model, compile="max-autotune")
     elif mode == "static-eager":
         policy.fast = True
         policy._decoder = StaticGreedyDecoder(policy.model, cuda_graph=False)
@@ -56,6 +58,9 @@ def time_mode(policy, mode: str, images: list[np.ndarray], iters: int, warmup: i
         policy.fast = False
     else:
         raise ValueError(mode)
+    t0 = time.perf_counter()
+    policy.predict(images[0], INSTRUCTION)  # first call: capture (and compilation)
+    first_s = time.perf_counter() - t0
     for i in range(warmup):
         policy.predict(images[i % len(images)], INSTRUCTION)
     _sync(device)
@@ -65,12 +70,12 @@ def time_mode(policy, mode: str, images: list[np.ndarray], iters: int, warmup: i
         policy.predict(images[i % len(images)], INSTRUCTION)  # returns numpy: includes the device sync
         times.append(time.perf_counter() - t0)
     ms = sorted(1000 * t for t in times)
-    return {"mode": mode, "iters": iters, "median_ms": statistics.median(ms),
+    return {"mode": mode, "iters": iters, "first_call_s": round(first_s, 1), "median_ms": statistics.median(ms),
             "p90_ms": float(np.percentile(ms, 90)), "mean_ms": statistics.fmean(ms),
             "actions_per_s": 1000.0 / statistics.fmean(ms)}
 
 
-def check_identical(policy, images: list[np.ndarray], device: str, compiled: bool = False) -> dict:
+def check_identical(policy, images: list[np.ndarray], device: str, compiled: bool | str = False) -> dict:
     """Greedy tokens of fast vs static-eager vs dynamic-eager on the same inputs."""
     graph = StaticGreedyDecoder(policy.model, compile=compiled) if device.startswith("cuda") else None
     static = StaticGreedyDecoder(policy.model, cuda_graph=False)
@@ -93,7 +98,7 @@ def check_identical(policy, images: list[np.ndarray], device: str, compiled: boo
 
 
 @torch.inference_mode()
-def profile_fast(policy, image: np.ndarray, device: str, iters: int = 10, compile: bool = False) -> dict:
+def profile_fast(policy, image: np.ndarray, device: str, iters: int = 10, compile: bool | str = False) -> dict:
     """Where the fast path's time goes (CUDA): preprocessing on the CPU, prefill graph, decode graphs."""
     policy.fast = True
     policy._decoder = StaticGreedyDecoder(policy.model, compile=compile)
@@ -187,6 +192,9 @@ def main(argv: list[str] | None = None) -> int:
                 w.data.div_(args.peaked)
             if "fast-compiled" in args.modes:
                 result["identical_compiled"] = check_identical(policy, images[: args.check], device, compiled=True)
+            if "fast-autotune" in args.modes:
+                result["identical_autotune"] = check_identical(policy, images[: args.check], device,
+                                                               compiled="max-autotune")
         except Exception as exc:
             result["identical"] = {"error": repr(exc)}
         if device.startswith("cuda"):  # the check's extra decoders must not count toward the policy's peak
@@ -204,6 +212,8 @@ def main(argv: list[str] | None = None) -> int:
         result["profile_fast"] = profile_fast(policy, images[0], device)
         if "fast-compiled" in args.modes:
             result["profile_fast_compiled"] = profile_fast(policy, images[0], device, compile=True)
+        if "fast-autotune" in args.modes:
+            result["profile_fast_autotune"] = profile_fast(policy, images[0], device, compile="max-autotune")
     if args.trace and device.startswith("cuda"):
         from torch.profiler import ProfilerActivity, profile
 

@@ -153,7 +153,9 @@ def random_policy(preset: str, device: str | None = "auto", dtype: torch.dtype |
 def load(path: str | None = None, device: str | None = "auto", dtype: str | torch.dtype | None = None,
          quantization: str | None = "none", adapter: str | None = None, merge_adapter: bool = False,
          unnorm_key: str | None = None, center_crop: bool | None = None, fast: bool = True, seed: int = 0,
-         compile: bool = False) -> PrismaticPolicy:
+         compile: bool = False, threads: int | None = None) -> PrismaticPolicy:
+    if threads:  # CPU: on a loaded 2-core machine 1 thread avoids OpenMP spin-waiting (see docs/core.md)
+        torch.set_num_threads(int(threads))
     if not path:
         raise ValueError("the native backend needs a checkpoint directory or 'preset:<name>'")
     if str(path).startswith("preset:"):

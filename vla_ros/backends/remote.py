@@ -96,6 +96,7 @@ def load(path: str | None = None, unnorm_key: str | None = None, timeout: float 
     target = url or path
     if not target:
         raise ValueError("the remote backend needs the server URL as path (e.g. http://host:8000)")
-    for k in ("device", "dtype", "quantization", "adapter", "merge_adapter", "center_crop", "fast", "compile"):
+    for k in ("device", "dtype", "quantization", "adapter", "merge_adapter", "center_crop", "fast", "compile",
+              "threads"):
         options.pop(k, None)  # server-side settings: meaningless for the client
     return RemotePolicy(target, unnorm_key=unnorm_key, timeout=timeout, **options)

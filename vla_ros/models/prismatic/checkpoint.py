@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 from torch import nn
-from transformers import AutoTokenizer, PreTrainedTokenizerBase
+from transformers import AutoTokenizer, PreTrainedTokenizerBase, PreTrainedTokenizerFast
 
 from vla_ros.models.prismatic.configuration_prismatic import PrismaticConfig
 from vla_ros.models.prismatic.modeling_prismatic import LayerScale, PrismaticForActionPrediction
@@ -94,8 +94,15 @@ def load_model(path: str | Path, device: str | torch.device | None = "auto", dty
         model = apply_adapter(model, adapter, merge=merge_adapter)
         if (Path(adapter) / STATS_FILENAME).is_file():  # an adapter fine-tuned on other data un-normalises with
             model.config.norm_stats = load_statistics(adapter)  # that data's statistics (training/finetune.py)
-    tokenizer = AutoTokenizer.from_pretrained(path)
-    return model, PrismaticProcessor(tokenizer, model.config, center_crop=center_crop)
+    return model, PrismaticProcessor(load_tokenizer(path), model.config, center_crop=center_crop)
+
+
+def load_tokenizer(path: str | Path) -> PreTrainedTokenizerBase:
+    """The checkpoint's tokenizer; ``tokenizer.json`` directly (no auto-class lookup of the config, which would
+    ask about remote code for directories exported with it)."""
+    if (Path(path) / "tokenizer.json").is_file():
+        return PreTrainedTokenizerFast.from_pretrained(str(path))
+    return AutoTokenizer.from_pretrained(str(path), trust_remote_code=False)
 
 
 def apply_adapter(model: PrismaticForActionPrediction, adapter: str | Path, merge: bool = False,

@@ -93,7 +93,8 @@ class StaticGreedyDecoder:
     """Batch-1 greedy decoder over a static cache; with ``cuda_graph`` it replays captured graphs."""
 
     def __init__(self, model: PrismaticForActionPrediction, max_text_tokens: int = 128,
-                 cuda_graph: bool | None = None, max_graphs: int = 16, compile: bool = False, fused: bool = True):
+                 cuda_graph: bool | None = None, max_graphs: int = 16, compile: bool | str = False,
+                 fused: bool = True):
         self.model = model
         self.lm = model.language_model
         cfg = model.config
@@ -117,9 +118,13 @@ class StaticGreedyDecoder:
                 out = self.lm(input_ids=self.tok, position_ids=self.pos, attention_mask=self.mask,
                               past_key_values=self.cache, use_cache=True)
                 return out.logits[:, -1]
-        # optional: inductor-fused elementwise work (norms, rotary, residuals) inside our own CUDA graph
-        self._step = torch.compile(step, dynamic=False) if compile else step
-        self._embed_images = torch.compile(model.embed_images, dynamic=False) if compile else model.embed_images
+        # optional: inductor-fused elementwise work (norms, rotary, residuals) inside our own CUDA graphs;
+        # compile="max-autotune" also tunes the matrix-vector kernels and compiles the prompt pass (any length)
+        mode = "max-autotune-no-cudagraphs" if compile == "max-autotune" else None
+        self._step = torch.compile(step, dynamic=False, mode=mode) if compile else step
+        self._embed_images = (torch.compile(model.embed_images, dynamic=False, mode=mode) if compile
+                              else model.embed_images)
+        self._prefill_lm = torch.compile(self.lm, dynamic=True) if compile == "max-autotune" else self.lm
         d = self.device
         self.tok = torch.zeros((1, 1), dtype=torch.long, device=d)  # token fed at this step
         self.pos = torch.zeros((1, 1), dtype=torch.long, device=d)  # its position (== its cache slot)
@@ -142,7 +147,7 @@ class StaticGreedyDecoder:
         emb = self.model.get_input_embeddings()(entry.ids)  # == model.build_inputs_unpadded
         embeds = torch.cat([emb[:, :1], self._embed_images(pix).to(emb.dtype), emb[:, 1:]], dim=1)
         P = embeds.shape[1]
-        out = self.lm(inputs_embeds=embeds, attention_mask=entry.causal,
+        out = self._prefill_lm(inputs_embeds=embeds, attention_mask=entry.causal,
                       position_ids=torch.arange(P, device=self.device)[None], past_key_values=self.cache,
                       use_cache=True, logits_to_keep=1)
         logits = out.logits[:, -1].float()
@@ -183,7 +188,7 @@ class StaticGreedyDecoder:
         for t, s in zip(self._state(), saved, strict=False):
             t.copy_(s)
         graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph):
+        with torch.cuda.graph(graph, capture_error_mode="thread_local"):  # other threads' CUDA calls stay legal
             fn()
         return graph
 
@@ -231,8 +236,9 @@ class StaticGreedyDecoder:
                     self._decode_graph = self._capture(self._decode_body)
                 for _ in range(self.n - 1):
                     self._decode_graph.replay()
-            except RuntimeError as exc:  # a kernel that can't be captured: stay correct, just slower
-                log.warning("CUDA graph capture failed (%s); decoding eagerly over the static cache", exc)
+            except Exception as exc:  # a kernel that can't be captured, a compiler error: stay correct, just slower
+                log.warning("CUDA graph capture failed (%s); decoding eagerly over the static cache", exc,
+                            exc_info=True)
                 self.use_graph, self._decode_graph = False, None
                 self._prefills.clear()
                 return self.generate(input_ids, pixel_values, pixel_fn)

@@ -16,7 +16,7 @@ from vla_ros.models.prismatic.modeling_prismatic import PrismaticForActionPredic
 '''
 
 PROCESSING = '''"""Remote-code processor of a vla_ros checkpoint (needs the vla_ros package installed)."""
-from transformers import AutoTokenizer
+from transformers import PreTrainedTokenizerFast
 
 from vla_ros.models.prismatic.configuration_prismatic import PrismaticConfig
 from vla_ros.models.prismatic.processor_prismatic import PrismaticProcessor
@@ -27,8 +27,13 @@ class VlaRosProcessor(PrismaticProcessor):
     No centre crop here: like OpenVLA's, callers crop before (the hf backend does when configured)."""
 
     @classmethod
+    def register_for_auto_class(cls, auto_class="AutoProcessor"):  # AutoProcessor calls it; nothing to register
+        return None
+
+    @classmethod
     def from_pretrained(cls, path, **kwargs):
-        return cls(AutoTokenizer.from_pretrained(path), PrismaticConfig.from_pretrained(path), center_crop=False)
+        tokenizer = PreTrainedTokenizerFast.from_pretrained(path)  # AutoTokenizer would re-ask for remote code
+        return cls(tokenizer, PrismaticConfig.from_pretrained(path), center_crop=False)
 '''
 
 
