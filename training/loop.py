@@ -128,7 +128,10 @@ class Trainer:
         mp = cfg.mixed_precision
         if mp == "auto":
             mp = "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "no"
-        self.accelerator = Accelerator(mixed_precision=mp, log_with="tensorboard", project_dir=str(self.out))
+        # step_scheduler_with_optimizer=False: accelerate would otherwise step the schedule once per process per
+        # optimizer step (it assumes per-process epochs); our steps are global optimizer steps on every rank.
+        self.accelerator = Accelerator(mixed_precision=mp, log_with="tensorboard", project_dir=str(self.out),
+                                       step_scheduler_with_optimizer=False)
         set_seed(cfg.seed)
         self.export = export
         self.run_meta = run_meta or {}

@@ -1,0 +1,48 @@
+"""Data parallelism of training/train.py without a GPU: two processes (torchrun, gloo on the CPU) with batch 2 each
+reach the same weights as one process with batch 4, since rank r takes micro-batches r, r + 2, ... of one global
+order and DDP averages the gradients."""
+
+from __future__ import annotations
+
+import os
+import sys
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from helpers import REPO, ManagedProcess, wait_for
+
+ARGS = ["--synthetic", "16", "--preset", "test-fused", "--steps", "3", "--lr", "1e-3", "--warmup-steps", "0",
+        "--no-progress", "--log-every", "1", "--text-vocab-size", "300", "--grad-accum", "2"]
+
+
+def _run(cmd: list[str], tmp_path, name: str) -> str:
+    env = {**os.environ, "ACCELERATE_USE_CPU": "true", "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
+    log = tmp_path / f"{name}.log"
+    proc = ManagedProcess(cmd, log, env=env)  # own process group: a hung rank is killed with its launcher
+    try:
+        wait_for(lambda: proc.proc.poll() is not None, timeout=300, what=f"{name} to finish")
+    finally:
+        code = proc.stop()
+    assert not proc.group_alive(), "a training process was left behind"
+    out = log.read_text()
+    assert code == 0, out[-3000:]
+    return out
+
+
+@pytest.mark.slow
+def test_two_processes_match_one_process_with_the_same_global_batch(tmp_path):
+    one, two = tmp_path / "one", tmp_path / "two"
+    _run([sys.executable, "-m", "training.train", *ARGS, "--batch-size", "4", "--out", str(one),
+          "--save-every-steps", "1", "--keep-checkpoints", "5"], tmp_path, "one")
+    log = _run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                "-m", "training.train", *ARGS, "--batch-size", "2", "--out", str(two)], tmp_path, "two")
+    assert "2 process(es)" in log and "froze" in log
+    a, b = load_file(one / "model.safetensors"), load_file(two / "model.safetensors")
+    assert a.keys() == b.keys()
+    for k in a:
+        torch.testing.assert_close(b[k], a[k], rtol=1e-4, atol=1e-5, msg=k)
+    # the weights did move between step 1 and step 3, so the match above is not trivial
+    step1 = torch.load(one / "checkpoints" / "step_0000001" / "trainable.pt", weights_only=True)
+    assert any(not torch.allclose(step1[k], a[k.removeprefix("")]) for k in step1 if k in a)
