@@ -114,6 +114,31 @@ class PrismaticProcessor:
         mask = torch.tensor([[0] * (n - len(e)) + [1] * len(e) for e in enc], dtype=torch.long)
         return ids, mask
 
+    def training_batch(self, images: list[np.ndarray], instructions: list[str], action_token_ids: np.ndarray,
+                       ) -> BatchFeature:
+        """Teacher-forcing batch in the layout decoding expects (OpenVLA's): ``prompt + target ids + EOS``, right
+        padded, ``labels`` = -100 on the prompt and the padding. ``action_token_ids`` (B, n) are the ids the model
+        must produce after the prompt: the action tokens (``ActionTokenizer.encode`` of the normalised actions,
+        a chunk flattened) and, for ``predict_done`` models, the continue/done id last."""
+        targets = np.asarray(action_token_ids, dtype=np.int64)
+        if targets.ndim != 2 or targets.shape[0] != len(instructions):
+            raise ValueError(f"action_token_ids must be (batch, n_tokens), got {targets.shape}")
+        prompt_ids, prompt_mask = self.tokenize([self.prompt(t) for t in instructions])
+        eos = self.tokenizer.eos_token_id
+        rows, labels = [], []
+        for b in range(len(instructions)):
+            p = prompt_ids[b][prompt_mask[b].bool()].tolist()  # strip the left padding
+            t = [*targets[b].tolist(), eos]
+            rows.append(p + t)
+            labels.append([-100] * len(p) + t)
+        n = max(len(r) for r in rows)
+        pad = self.tokenizer.pad_token_id
+        ids = torch.tensor([r + [pad] * (n - len(r)) for r in rows], dtype=torch.long)
+        lab = torch.tensor([r + [-100] * (n - len(r)) for r in labels], dtype=torch.long)
+        mask = torch.tensor([[1] * len(r) + [0] * (n - len(r)) for r in rows], dtype=torch.long)
+        return BatchFeature({"input_ids": ids, "attention_mask": mask, "labels": lab,
+                             "pixel_values": self.pixel_values(images)})
+
     def __call__(self, text: str | list[str] | None = None, images=None, instructions: list[str] | None = None,
                  return_tensors: str = "pt", **_) -> BatchFeature:
         """OpenVLA's processor call: ``processor(prompt, image)``; ``instructions=`` builds the prompts here."""
