@@ -114,8 +114,7 @@ def adapter(checkpoints, tmp_path_factory):
 
 
 def _logits(policy, img=IMAGES[0], text=INSTRUCTIONS[0]) -> torch.Tensor:
-    proc, model = policy.model if hasattr(policy, "processor") else None, policy.model
-    proc = policy.processor
+    proc, model = policy.processor, policy.model
     batch = proc(proc.prompt(text), img)
     with torch.no_grad():
         return model(input_ids=batch["input_ids"], pixel_values=batch["pixel_values"]).logits[0, -1]
@@ -197,3 +196,21 @@ def test_serve_command_serves_a_checkpoint_over_http(checkpoints, tmp_path):
         rc = proc.stop()
     assert not proc.group_alive()
     assert rc in (0, -2, 130), proc.output()
+
+
+def test_sharded_openvla_layout_loads_like_the_single_file(checkpoints, tmp_path):
+    """OpenVLA's 7B release is sharded (model-0000x-of-0000y.safetensors + index): same weights, same actions."""
+    import shutil
+
+    from huggingface_hub import save_torch_state_dict
+    from safetensors.torch import load_file
+
+    sharded = tmp_path / "sharded"
+    shutil.copytree(checkpoints["openvla"], sharded)
+    (sharded / "model.safetensors").unlink()
+    state = load_file(str(checkpoints["openvla"] / "model.safetensors"))
+    save_torch_state_dict(state, str(sharded), max_shard_size="1MB")
+    assert (sharded / "model.safetensors.index.json").is_file() and len(list(sharded.glob("model-*"))) > 1
+    a = load_policy("native", str(sharded), device="cpu", unnorm_key=KEY)
+    b = load_policy("native", str(checkpoints["openvla"]), device="cpu", unnorm_key=KEY)
+    np.testing.assert_array_equal(_actions(a), _actions(b))
