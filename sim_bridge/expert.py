@@ -261,6 +261,11 @@ class ScriptedExpert:
         away_dir = away_dir / max(float(np.linalg.norm(away_dir)), 1e-9)
         shoulder = self.geo.data.xpos[self._shoulder_id][:2]
         place_xy, _ = self._place_target()
+        # Under an overhang (a bowl in a drawer) the object is first pulled out along ``slide``: pinch
+        # the rim on that side, so the pull pushes the inner finger against the wall, not sideways.
+        over = self._overhead(ext)
+        slide = np.zeros(2) if len(over) == 0 else c - over.mean(axis=0)
+        slide /= max(float(np.linalg.norm(slide)), 1e-9)
         best, best_score = None, -np.inf
         for theta in np.linspace(-np.pi, np.pi, 16, endpoint=False):
             d = np.array([np.cos(theta), np.sin(theta)])
@@ -270,6 +275,7 @@ class ScriptedExpert:
             probes = [np.r_[grasp + d * sd, z + dz] for sd in (-0.045, 0.045) for dz in (0.0, 0.03)]
             probes += [np.r_[grasp + d * sd, z + 0.07] for sd in (-0.1, -0.05, 0.0, 0.05, 0.1)]
             score = min(self._clearance(others, np.asarray(probes)), 0.06) - 0.01 * abs(yaw)
+            score += 0.1 * float(d @ slide)
             # where the hand will be when picking and when placing: both must stay well inside the
             # arm's reach (a straight elbow is a singularity the controller cannot leave)
             for hand in (grasp, place_xy + (grasp - c)):
@@ -482,7 +488,8 @@ class ScriptedExpert:
 
         if self.phase in ("lift", "transport"):
             lifted = pos[2] - self._lift_from
-            if (lifted > 0.04 and (obj[2] - self._obj_from) < 0.5 * lifted) or self._finger_gap() < 0.0015:
+            # a rim-pinched bowl tilts and lags at first: judge the grasp only after a clear lift
+            if (lifted > 0.06 and (obj[2] - self._obj_from) < 0.3 * lifted) or self._finger_gap() < 0.0015:
                 return self._regrasp()
             err = hand_xy - pos[:2]
             moving = not self._stalled(pos, 0.004)  # the arm lags the controller: settle first
