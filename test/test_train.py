@@ -39,20 +39,23 @@ def _loss(model, batch) -> float:
     return loss
 
 
-def test_batch_labels_cover_only_the_action_tokens():
+def test_batch_labels_cover_only_the_action_tokens_and_eos():
     ds, model, collator = _setup()
     batch = collator([ds[0], ds[1]])
     labels, ids = batch["labels"], batch["input_ids"]
     n_act = model.config.n_action_tokens
+    eos = collator.processor.tokenizer.eos_token_id
     for r in range(2):
         real = int(batch["attention_mask"][r].sum())
         supervised = (labels[r] != IGNORE_INDEX).nonzero().flatten().tolist()
-        assert supervised == list(range(real - n_act, real))  # the last 7 real tokens, nothing of the prompt
+        # the 7 action tokens and OpenVLA's closing EOS: nothing of the prompt, nothing of the padding
+        assert supervised == list(range(real - n_act - 1, real))
         assert torch.equal(labels[r, supervised], ids[r, supervised])
-        assert model.action_tokenizer.is_action_token(ids[r, supervised].numpy()).all()
+        assert model.action_tokenizer.is_action_token(ids[r, supervised[:-1]].numpy()).all()
+        assert ids[r, supervised[-1]].item() == eos
     # decoding the supervised tokens gives back the normalised actions (to within one bin)
     norm = collator.normalizer.normalize(ds[0]["action"])
-    decoded = model.action_tokenizer.decode(labels[0][labels[0] != IGNORE_INDEX].numpy())
+    decoded = model.action_tokenizer.decode(labels[0][labels[0] != IGNORE_INDEX].numpy()[:-1])
     assert np.abs(decoded[:6] - norm[:6]).max() <= model.action_tokenizer.bin_width
 
 

@@ -2,14 +2,15 @@
 
 A sample is a mapping with ``image`` (HxWx3 uint8 RGB, camera flip already applied by the dataset reader),
 ``instruction`` (str), ``action`` (un-normalised, ``(action_dim,)`` or ``(chunk, action_dim)``) and optionally
-``done`` (bool, for models that predict the episode end). The batch is
+``done`` (bool, for models that predict the episode end). The batch is the core processor's ``training_batch``:
 
-    input_ids = [BOS, prompt..., action tokens..., (done token)]      right-padded
-    labels    = [-100 ... -100,  action tokens..., (done token)]      loss on the action tokens only
+    input_ids = [BOS, prompt..., action tokens..., (done token), EOS]      right-padded
+    labels    = [-100 ... -100,  action tokens..., (done token), EOS]
 
 and the model inserts the image patches after BOS with ignored labels (``PrismaticForActionPrediction.forward``),
-so prompt and image positions never contribute to the loss (OpenVLA, ``prismatic/vla/datasets``). Actions are
-normalised with the checkpoint's q01/q99 statistics and tokenised by the model's own ``ActionTokenizer``.
+so prompt and image positions never contribute to the loss (OpenVLA, ``prismatic/vla/datasets``, which also
+supervises the closing EOS). Actions are normalised with the checkpoint's q01/q99 statistics and tokenised by
+the model's own ``ActionTokenizer``; this module adds the targets and OpenVLA's augmentation.
 """
 
 from __future__ import annotations
@@ -81,8 +82,6 @@ class ActionBatchCollator:
         self.augment = augment
         if normalizer.dim != config.action_dim:
             raise ValueError(f"statistics have {normalizer.dim} action dims, the model {config.action_dim}")
-        pad = processor.tokenizer.pad_token_id
-        self.pad_id = int(pad if pad is not None else 0)
 
     def action_token_ids(self, action: np.ndarray, done: bool = False) -> list[int]:
         """Normalise, tokenise and (if the model predicts it) append the continue/done token."""
@@ -103,27 +102,17 @@ class ActionBatchCollator:
     def __call__(self, samples: Sequence[Mapping], seeds: Sequence[int] | None = None) -> dict[str, torch.Tensor]:
         if not samples:
             raise ValueError("empty batch")
-        rows, labels, images = [], [], []
+        images, instructions, targets = [], [], []
         for i, s in enumerate(samples):
             img = check_image(s["image"])
             if self.augment is not None:
                 img = augment_image(img, self.augment, seeds[i] if seeds is not None else i)
             images.append(img)
-            prompt_ids, _ = self.processor.tokenize([self.processor.prompt(s["instruction"])])
-            prompt = prompt_ids[0].tolist()
-            act = self.action_token_ids(s["action"], bool(s.get("done", False)))
-            rows.append(prompt + act)
-            labels.append([IGNORE_INDEX] * len(prompt) + act)
-        n = max(len(r) for r in rows)
-        ids = torch.full((len(rows), n), self.pad_id, dtype=torch.long)
-        lab = torch.full((len(rows), n), IGNORE_INDEX, dtype=torch.long)
-        mask = torch.zeros((len(rows), n), dtype=torch.long)
-        for r, (row, lrow) in enumerate(zip(rows, labels, strict=True)):  # right padding: BOS stays first
-            ids[r, : len(row)] = torch.tensor(row)
-            lab[r, : len(row)] = torch.tensor(lrow)
-            mask[r, : len(row)] = 1
-        return {"input_ids": ids, "attention_mask": mask, "labels": lab,
-                "pixel_values": self.processor.pixel_values(images)}
+            instructions.append(s["instruction"])
+            targets.append(self.action_token_ids(s["action"], bool(s.get("done", False))))
+        # the layout itself (prompt + targets + EOS, right padded, -100 on the prompt) is the core processor's,
+        # the one that decoding is tested against
+        return dict(self.processor.training_batch(images, instructions, np.asarray(targets, dtype=np.int64)))
 
 
 @torch.no_grad()
