@@ -602,19 +602,25 @@ def evaluate(suite: str, task_ids: list[int], init_states: list[int], seed: int 
                 r = json.loads(line)
                 if r.get("suite") == suite:
                     done[(r["task"], r["init_state"])] = r
+    from sim_bridge.libero_env import task_names
+    from vla_ros.conventions import max_steps_for
+
+    names = task_names(suite)
     results: dict[int, dict] = {}
     for task_id in task_ids:
-        env = LiberoEpisodeEnv(suite, task_id, cameras=(), seed=seed)
-        # The init state overwrites the whole simulator state, so rebuilding the model at every reset
-        # (LIBERO's default hard reset, ~3-10 s) buys nothing here.
-        env.env.env.hard_reset = False
+        rows = []
+        env = expert = None
         try:
-            expert = ScriptedExpert(env, seed=seed + task_id)
-            rows = []
             for i in init_states:
                 if (task_id, i) in done:
                     rows.append(done[(task_id, i)])
                     continue
+                if env is None:  # only for episodes still to run
+                    env = LiberoEpisodeEnv(suite, task_id, cameras=(), seed=seed)
+                    # The init state overwrites the whole simulator state, so rebuilding the model at
+                    # every reset (LIBERO's default hard reset, ~3-10 s) buys nothing here.
+                    env.env.env.hard_reset = False
+                    expert = ScriptedExpert(env, seed=seed + task_id)
                 env.reset(i)
                 expert.rng = np.random.default_rng([seed, task_id, i])  # per episode: resumable, reproducible
                 expert.reset()
@@ -625,15 +631,15 @@ def evaluate(suite: str, task_ids: list[int], init_states: list[int], seed: int 
                 if log_path:
                     with open(log_path, "a") as f:
                         f.write(json.dumps({"suite": suite, "task": task_id, **rows[-1]}) + "\n")
-            results[task_id] = {
-                "instruction": env.instruction, "episodes": len(rows),
-                "successes": sum(r["success"] for r in rows),
-                "mean_steps": float(np.mean([r["steps"] for r in rows if r["success"]] or [np.nan])),
-                "max_steps": max((r["steps"] for r in rows if r["success"]), default=0),
-                "step_limit": env.max_steps,
-            }
         finally:
-            env.close()
+            if env is not None:
+                env.close()
+        ok = [r["steps"] for r in rows if r["success"]]
+        results[task_id] = {
+            "instruction": names[task_id], "episodes": len(rows), "successes": len(ok),
+            "mean_steps": float(np.mean(ok)) if ok else float("nan"), "max_steps": max(ok, default=0),
+            "step_limit": max_steps_for(suite),
+        }
     return results
 
 
@@ -649,12 +655,18 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--log", default=None, help="append one JSON line per episode here")
     p.add_argument("--out", default=None, help="write the per-task summary JSON here")
+    p.add_argument("--block", type=int, default=0, help="run init states in blocks of N across tasks (needs --log)")
     a = p.parse_args(argv)
     from sim_bridge.libero_env import task_names
 
     n_tasks = len(task_names(a.suite))
     tasks = list(range(n_tasks)) if a.tasks == "all" else [int(t) for t in a.tasks.split(",")]
-    res = evaluate(a.suite, tasks, list(range(a.init_states)), a.seed, a.log)
+    inits = list(range(a.init_states))
+    if a.block and a.log:
+        # init states in blocks across all tasks: a run cut short still covers every task evenly
+        for b in range(0, len(inits), a.block):
+            evaluate(a.suite, tasks, inits[b:b + a.block], a.seed, a.log)
+    res = evaluate(a.suite, tasks, inits, a.seed, a.log)
     total = sum(r["successes"] for r in res.values())
     n = sum(r["episodes"] for r in res.values())
     print(f"| {a.suite} task | instruction | success | mean steps (max) / limit |")
