@@ -588,7 +588,7 @@ class ScriptedExpert:
 
 # ---------------------------------------------------------------------- evaluation on the fixed init states
 def evaluate(suite: str, task_ids: list[int], init_states: list[int], seed: int = 0,
-             log_path: str | None = None) -> dict[int, dict]:
+             log_path: str | None = None, run_missing: bool = True) -> dict[int, dict]:
     """Run the expert on the suite's fixed init states (physics only); per task: successes, steps."""
     import json
     import os
@@ -614,6 +614,8 @@ def evaluate(suite: str, task_ids: list[int], init_states: list[int], seed: int 
             for i in init_states:
                 if (task_id, i) in done:
                     rows.append(done[(task_id, i)])
+                    continue
+                if not run_missing:
                     continue
                 if env is None:  # only for episodes still to run
                     env = LiberoEpisodeEnv(suite, task_id, cameras=(), seed=seed)
@@ -655,6 +657,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--log", default=None, help="append one JSON line per episode here")
     p.add_argument("--out", default=None, help="write the per-task summary JSON here")
+    p.add_argument("--report-only", action="store_true", help="only summarise the init states in --log")
     p.add_argument("--block", type=int, default=0, help="run init states in blocks of N across tasks (needs --log)")
     a = p.parse_args(argv)
     from sim_bridge.libero_env import task_names
@@ -662,11 +665,13 @@ def main(argv: list[str] | None = None) -> int:
     n_tasks = len(task_names(a.suite))
     tasks = list(range(n_tasks)) if a.tasks == "all" else [int(t) for t in a.tasks.split(",")]
     inits = list(range(a.init_states))
-    if a.block and a.log:
+    if a.report_only and not a.log:
+        p.error("--report-only needs --log")
+    if a.block and a.log and not a.report_only:
         # init states in blocks across all tasks: a run cut short still covers every task evenly
         for b in range(0, len(inits), a.block):
             evaluate(a.suite, tasks, inits[b:b + a.block], a.seed, a.log)
-    res = evaluate(a.suite, tasks, inits, a.seed, a.log)
+    res = evaluate(a.suite, tasks, inits, a.seed, a.log, run_missing=not a.report_only)
     total = sum(r["successes"] for r in res.values())
     n = sum(r["episodes"] for r in res.values())
     print(f"| {a.suite} task | instruction | success | mean steps (max) / limit |")
