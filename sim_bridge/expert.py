@@ -36,6 +36,8 @@ _WRIST_ABOVE_GRIP = 0.21  # m, grip site -> wrist centre with the hand pointing 
 _PALM_HALF_LENGTH = 0.11  # m, Panda hand half-length along the finger closing axis
 _LOOKAHEAD = 0.15  # m along the carry path checked for obstacles
 _COMFORT_REACH_XY = 0.66  # m, horizontal shoulder -> hand distance the grasp choice tries to stay within
+_MIN_REACH_XY = 0.42  # m, closer to the shoulder the folded arm cannot lift (a bowl on the stove)
+_Q7_SAFE = 2.0  # rad, aim to keep the last wrist joint within this (limit 2.9: arm travel adds to the turn)
 _MAX_WRIST_REACH = 0.75  # m, shoulder -> wrist; the elbow locks straight at about 0.76
 
 
@@ -60,12 +62,18 @@ def _axis_angle(r: np.ndarray) -> np.ndarray:
     return axis * angle
 
 
-def _target_rot(yaw: float, current: np.ndarray) -> np.ndarray:
-    """Hand-down orientation at ``yaw`` or ``yaw + pi`` (the same grasp: the gripper is symmetric),
-    whichever is the smaller turn from ``current``, so the wrist never winds toward its joint limit."""
-    a, b = _rot_z(yaw) @ _R_DOWN, _rot_z(yaw + np.pi) @ _R_DOWN
-    ea, eb = (np.linalg.norm(_axis_angle(r @ current.T)) for r in (a, b))
-    return a if ea <= eb else b
+def _target_rot(yaw: float, current: np.ndarray, q7: float | None = None) -> np.ndarray:
+    """Hand-down orientation at ``yaw`` or ``yaw + pi`` (the same grasp: the gripper is symmetric).
+
+    Picks the one that keeps the last wrist joint ``q7`` inside its range (+-2.9 rad; with the hand
+    pointing down a turn of +d about world z moves q7 by -d), else the smaller turn from ``current``.
+    """
+    options = []
+    for r in (_rot_z(yaw) @ _R_DOWN, _rot_z(yaw + np.pi) @ _R_DOWN):
+        turn = _axis_angle(r @ current.T)
+        over = 0.0 if q7 is None else max(0.0, abs(q7 - turn[2]) - _Q7_SAFE)
+        options.append((over, float(np.linalg.norm(turn)), r))
+    return min(options, key=lambda o: (o[0], o[1]))[2]
 
 
 def _wrap_half_pi(a: float) -> float:
@@ -206,6 +214,7 @@ class ScriptedExpert:
             "open_steps": int(r.integers(5, 8)),
         }
         self.plan: GraspPlan | None = None
+        self._orient_cache: dict[float, np.ndarray] = {}
         self.retries = 0
         self._set_phase("approach")
 
@@ -224,6 +233,17 @@ class ScriptedExpert:
         d = self.geo.data
         sid = self.robot.eef_site_id
         return d.site_xpos[sid].copy(), d.site_xmat[sid].reshape(3, 3).copy()
+
+    def _orientation(self, yaw: float, rot: np.ndarray) -> np.ndarray:
+        """The hand-down target for ``yaw``, its half-turn twin chosen once (no chattering between
+        the two as the wrist turns) and kept until the next plan."""
+        key = round(float(yaw), 6)
+        if key not in self._orient_cache:
+            self._orient_cache[key] = _target_rot(yaw, rot, self._q7())
+        return self._orient_cache[key]
+
+    def _q7(self) -> float:
+        return float(self.geo.data.qpos[self.robot._ref_joint_pos_indexes[-1]])
 
     def _finger_gap(self) -> float:
         q = self.geo.data.qpos[self.robot._ref_gripper_joint_pos_indexes]
@@ -279,7 +299,8 @@ class ScriptedExpert:
             # where the hand will be when picking and when placing: both must stay well inside the
             # arm's reach (a straight elbow is a singularity the controller cannot leave)
             for hand in (grasp, place_xy + (grasp - c)):
-                score -= 2.0 * max(0.0, float(np.linalg.norm(hand - shoulder)) - _COMFORT_REACH_XY)
+                r = float(np.linalg.norm(hand - shoulder))
+                score -= 2.0 * max(0.0, r - _COMFORT_REACH_XY) + 2.0 * max(0.0, _MIN_REACH_XY - r)
             # the far side is at the edge of the arm's reach (a straight elbow is a singularity the
             # controller cannot leave): prefer the side facing the robot's shoulder
             away = float(d @ away_dir)
@@ -347,6 +368,16 @@ class ScriptedExpert:
                 centres.append(d.geom_xpos[g] + rot @ ((lo + hi) / 2))
                 rots.append(rot)
                 halves.append((hi - lo) / 2)
+        # A movable object's whole bounding box too: a finger inside a ramekin is between its walls,
+        # far from every wall box, yet it would pinch the ramekin along with the bowl.
+        for n in self._inner.objects_dict:
+            if n in exclude or n not in self._inner.obj_body_id:
+                continue
+            p = self.geo.points(n)
+            lo, hi = p.min(0), p.max(0)
+            centres.append((lo + hi) / 2)
+            rots.append(np.eye(3))
+            halves.append((hi - lo) / 2)
         if not centres:
             return np.zeros((0, 3)), np.zeros((0, 3, 3)), np.zeros((0, 3))
         return np.asarray(centres), np.asarray(rots), np.asarray(halves)
@@ -396,7 +427,7 @@ class ScriptedExpert:
         n = np.linalg.norm(a[:3])
         if n > vmax:
             a[:3] *= vmax / n
-        r_err = _target_rot(yaw, rot) @ rot.T
+        r_err = self._orientation(yaw, rot) @ rot.T
         a[3:6] = np.clip(_axis_angle(r_err) / LIBERO_ACTION_SPACE.angular_unit_rad * 1.5, -0.6, 0.6)
         a[6] = gripper
         return a
@@ -437,7 +468,7 @@ class ScriptedExpert:
                 hover[:2] = pos[:2]  # climb first when low, so the hand does not sweep objects
             err = hover - pos
             _, rot = self._eef()
-            ori_err = np.linalg.norm(_axis_angle(_target_rot(plan.yaw, rot) @ rot.T))
+            ori_err = np.linalg.norm(_axis_angle(self._orientation(plan.yaw, rot) @ rot.T))
             if np.linalg.norm(err[:2]) < 0.008 and abs(err[2]) < 0.02 and ori_err < 0.08 and not climbing:
                 self._set_phase("descend")
                 return self._act()
@@ -538,6 +569,7 @@ class ScriptedExpert:
         self.retries += 1
         log.info("grasp of %s failed; retry %d", self.obj, self.retries)
         self.plan = None
+        self._orient_cache.clear()
         self._set_phase("approach")
         pos, _ = self._eef()
         a = self._move(pos + np.array([0.0, 0.0, 0.05]), 0.0, _OPEN, 0.8)  # open and rise before re-planning
