@@ -40,6 +40,9 @@ def test_colcon_build_install_tree(tmp_path):
         assert (share / "launch" / launch_file.name).is_file(), launch_file.name
     assert (share / "config" / "topics.yaml").is_file()
     assert (inst / "vla_ros" / "share" / "ament_index" / "resource_index" / "packages" / "vla_ros").is_file()
+    # where `ros2 run` / launch_ros look for a package's executables
+    for exe in ("vla_policy_node", "sim_bridge_node", "vla_bag_recorder"):
+        assert (inst / "vla_ros" / "lib" / "vla_ros" / exe).is_file(), exe
     assert (inst / "vla_ros_msgs" / "share" / "vla_ros_msgs" / "msg" / "VlaAction.msg").is_file()
     # vla_ros_msgs importable from the install space, not from the venv's own copy
     site = next((inst / "vla_ros_msgs" / "lib").glob("python3*/site-packages"))
@@ -51,3 +54,18 @@ def test_colcon_build_install_tree(tmp_path):
         capture_output=True, text=True, timeout=60)
     assert probe.returncode == 0, probe.stderr
     assert str(site) in probe.stdout
+    # the installed vla_ros (not the source tree) finds its config in share/ and resolves the graphs the
+    # launch files start: everything of `ros2 launch vla_ros libero_sim.launch.py` but the launch package
+    vla_site = next((inst / "vla_ros" / "lib").glob("python3*/site-packages"))
+    probe = subprocess.run(
+        [sys.executable, "-c",
+         "import sys; sys.path.insert(0, sys.argv[1]); import vla_ros.graph as g; "
+         "nodes = g.resolve_graph(g.load_graph('libero_sim'), {}); "
+         "print(g.__file__); print(*[f for n in nodes for f in n.params_files], sep='\\n')",
+         str(vla_site)],
+        env={**env, "AMENT_PREFIX_PATH": f"{inst / 'vla_ros'}:{VENV}", "VLA_ROS_CONFIG_DIR": ""},
+        capture_output=True, text=True, timeout=60, cwd=tmp_path)
+    assert probe.returncode == 0, probe.stderr
+    lines = probe.stdout.split()
+    assert lines[0].startswith(str(vla_site))
+    assert all(line.startswith(str(share / "config")) for line in lines[1:]) and len(lines) == 3
