@@ -201,3 +201,14 @@ def test_compact_rejects_other_directories(tmp_path):
         CompactDataset(tmp_path)
     with pytest.raises(ValueError, match="no episodes"):
         export_compact([], tmp_path / "x")
+
+
+def test_training_data_imports_neither_ros_nor_libero():
+    """training/ runs on the GPU machine: no rclpy, no LIBERO/robosuite/MuJoCo behind its imports."""
+    import subprocess
+
+    code = ("import sys, training.data, training.data.bag_convert, training.data.compact, "
+            "training.data.statistics, training.data.libero_hdf5; "
+            "print(sorted(m for m in ('rclpy', 'libero', 'robosuite', 'mujoco') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
+    assert out.stdout.strip().splitlines()[-1] == "[]", out.stdout
