@@ -43,6 +43,8 @@ EXTRAS = {
         "ros-rosidl-core-generators",
         "ros-ament-cmake-ros-core",
         "catkin-pkg",
+        # the bag recorder node writes MCAP without a ROS install
+        "rosbags",
     ],
     # LIBERO's runtime. libero itself is installed with --no-deps (see scripts/setup_env.sh).
     "sim": [
