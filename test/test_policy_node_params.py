@@ -48,6 +48,8 @@ def test_yaml_is_a_ros_params_file_with_every_parameter():
             assert v in spec.choices, name
     documented = (REPO / "docs" / "policy_node.md").read_text()
     assert all(f"`{name}`" in documented for name in SPECS), "docs/policy_node.md misses a parameter"
+    readme = (REPO / "README.md").read_text()
+    assert all(f"`{name}`" in readme for name in SPECS), "README.md misses a parameter"
 
 
 def test_declared_defaults_and_descriptors_agree_with_the_yaml(h):
