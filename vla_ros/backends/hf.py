@@ -19,11 +19,10 @@ import torch
 from PIL import Image
 
 from vla_ros.conventions import ActionSpace
-from vla_ros.models.prismatic.checkpoint import default_dtype, resolve_device
+from vla_ros.models.prismatic.checkpoint import apply_adapter, load_pretrained
 from vla_ros.models.prismatic.configuration_prismatic import PROMPT_TEMPLATE
 from vla_ros.models.prismatic.processor_prismatic import check_image, resize_and_crop
 from vla_ros.policy import Policy, PolicyMetadata, PolicyOutput
-from vla_ros.quantization import bnb_config
 
 AUTO_MODEL_KEYS = ("AutoModelForVision2Seq", "AutoModelForImageTextToText", "AutoModelForCausalLM")
 
@@ -97,20 +96,10 @@ def load(path: str | None = None, device: str | None = "auto", dtype: str | torc
     if key is None:
         raise ValueError(f"{path}: config.json has no auto_map entry for any of {AUTO_MODEL_KEYS}; "
                          "this checkpoint ships no modelling code (try backend 'native')")
-    dev = resolve_device(device)
-    torch_dtype = parse_dtype(dtype) or default_dtype(dev)
-    qcfg = bnb_config(quantization)
     model_cls = get_class_from_dynamic_module(auto_map[key], path)
-    kwargs = {"dtype": torch_dtype, "trust_remote_code": True}
-    if qcfg is not None:
-        kwargs.update(quantization_config=qcfg, device_map={"": dev.index or 0})
-    model = model_cls.from_pretrained(path, **kwargs)
-    if qcfg is None:
-        model.to(dev)
-    model.eval()
+    model, dev, torch_dtype = load_pretrained(model_cls, path, device, parse_dtype(dtype), quantization,
+                                              trust_remote_code=True)
     if adapter:
-        from vla_ros.models.prismatic.checkpoint import apply_adapter
-
         model = apply_adapter(model, adapter, merge=merge_adapter)
     processor = AutoProcessor.from_pretrained(path, trust_remote_code=True)
     stats = getattr(model, "norm_stats", None) or getattr(model.config, "norm_stats", None)

@@ -79,22 +79,28 @@ def load_model(path: str | Path, device: str | torch.device | None = "auto", dty
                quantization: str | None = "none", adapter: str | Path | None = None, merge_adapter: bool = False,
                center_crop: bool | None = None) -> tuple[PrismaticForActionPrediction, PrismaticProcessor]:
     """Load a checkpoint directory (either layout) with optional 4/8-bit weights and a LoRA adapter."""
-    dev = resolve_device(device)
-    qcfg = bnb_config(quantization)  # raises a clear error where bitsandbytes can't run
-    cfg = read_config(path)
-    dtype = dtype or default_dtype(dev)
-    kwargs = {"config": cfg, "dtype": dtype}
-    if qcfg is not None:
-        kwargs.update(quantization_config=qcfg, device_map={"": dev.index or 0})
-    model = PrismaticForActionPrediction.from_pretrained(path, **kwargs)
-    if qcfg is None:
-        model.to(dev)
-    model.eval()
+    model, _, _ = load_pretrained(PrismaticForActionPrediction, path, device, dtype, quantization,
+                                  config=read_config(path))
     if adapter:
         model = apply_adapter(model, adapter, merge=merge_adapter)
         if (Path(adapter) / STATS_FILENAME).is_file():  # an adapter fine-tuned on other data un-normalises with
             model.config.norm_stats = load_statistics(adapter)  # that data's statistics (training/finetune.py)
     return model, PrismaticProcessor(load_tokenizer(path), model.config, center_crop=center_crop)
+
+
+def load_pretrained(model_cls, path: str | Path, device: str | torch.device | None, dtype: torch.dtype | None,
+                    quantization: str | None, **kwargs) -> tuple[nn.Module, torch.device, torch.dtype]:
+    """``model_cls.from_pretrained(path)`` with optional bitsandbytes 4/8-bit weights, placed on ``device``, in
+    eval mode; returns (model, device, dtype). Shared by the native and hf backends."""
+    dev = resolve_device(device)
+    qcfg = bnb_config(quantization)  # raises a clear error where bitsandbytes can't run
+    dtype = dtype or default_dtype(dev)
+    if qcfg is not None:  # quantized weights are placed by accelerate's device map, not moved afterwards
+        kwargs.update(quantization_config=qcfg, device_map={"": dev.index or 0})
+    model = model_cls.from_pretrained(path, dtype=dtype, **kwargs)
+    if qcfg is None:
+        model.to(dev)
+    return model.eval(), dev, dtype
 
 
 def load_tokenizer(path: str | Path) -> PreTrainedTokenizerBase:
