@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 from pathlib import Path
@@ -19,3 +20,9 @@ os.environ["ROS_DOMAIN_ID"] = os.environ["VLA_ROS_TEST_DOMAIN"]
 os.environ.setdefault("MUJOCO_GL", "egl")
 
 sys.path.insert(0, str(Path(__file__).parent))
+
+# torchvision (imported by timm, hence by the models) pulls in torch._dynamo and triton; importing triton
+# after MuJoCo has loaded Mesa's EGL in the same process segfaults (seen: test_sim_bridge.py then
+# test_eval.py). Import it first, as the eval worker does by loading the policy before the env.
+with contextlib.suppress(ImportError):  # without torch the core's tests fail on their own
+    import torchvision  # noqa: F401
