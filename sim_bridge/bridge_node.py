@@ -45,7 +45,7 @@ from sim_bridge.recording import EpisodeRecorder
 from vla_ros.config import topics
 from vla_ros.conventions import LIBERO_ACTION_SPACE, LIBERO_SUITES, max_steps_for, settle_action
 from vla_ros.image_codec import fill_image_msg
-from vla_ros.nodes.qos import command_qos, image_qos
+from vla_ros.nodes.qos import command_qos, image_qos, status_qos
 from vla_ros_msgs.msg import EpisodeStatus, VlaAction
 from vla_ros_msgs.srv import ResetEpisode
 
@@ -56,9 +56,7 @@ _WATCHDOG_PERIOD_S = 0.05
 
 # Reliable and volatile (actions, instruction, joint states, pose): the graph's one definition.
 RELIABLE_QOS = command_qos()
-# Late joiners (an evaluator started after the reset) still get the last episode status.
-STATUS_QOS = QoSProfile(depth=10, reliability=QoSReliabilityPolicy.RELIABLE,
-                        durability=QoSDurabilityPolicy.TRANSIENT_LOCAL)
+STATUS_QOS = status_qos()
 # A reliable writer matches rclpy's best-effort /clock subscription as well as reliable ones.
 CLOCK_QOS = QoSProfile(depth=1, reliability=QoSReliabilityPolicy.RELIABLE, durability=QoSDurabilityPolicy.VOLATILE)
 

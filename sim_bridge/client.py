@@ -14,19 +14,18 @@ import rclpy
 from builtin_interfaces.msg import Time
 from geometry_msgs.msg import PoseStamped
 from rclpy.executors import SingleThreadedExecutor
-from rclpy.qos import QoSDurabilityPolicy, QoSProfile, QoSReliabilityPolicy, qos_profile_sensor_data
+from rclpy.qos import qos_profile_sensor_data
 from sensor_msgs.msg import Image, JointState
 from std_msgs.msg import String
 
 from vla_ros.config import topics
 from vla_ros.conventions import LIBERO_ACTION_SPACE
-from vla_ros.nodes.qos import command_qos
+from vla_ros.nodes.qos import command_qos, status_qos
 from vla_ros_msgs.msg import EpisodeStatus, VlaAction
 from vla_ros_msgs.srv import ResetEpisode
 
 RELIABLE = command_qos()
-STATUS = QoSProfile(depth=10, reliability=QoSReliabilityPolicy.RELIABLE,
-                    durability=QoSDurabilityPolicy.TRANSIENT_LOCAL)
+STATUS = status_qos()
 TIMEOUT = 60.0  # generous: two CPU cores shared with other processes
 
 

@@ -15,19 +15,16 @@ import time
 
 import rclpy
 from rclpy.executors import SingleThreadedExecutor
-from rclpy.qos import QoSDurabilityPolicy, QoSProfile, QoSReliabilityPolicy
 from std_msgs.msg import String
 from std_srvs.srv import SetBool
 
 from vla_ros.config import topics
+from vla_ros.nodes.qos import command_qos, listener_qos
 from vla_ros_msgs.msg import EpisodeStatus, PolicyStatus, VlaAction
 from vla_ros_msgs.srv import ResetEpisode
 
-INSTRUCTION_QOS = QoSProfile(depth=10, reliability=QoSReliabilityPolicy.RELIABLE,
-                             durability=QoSDurabilityPolicy.VOLATILE)
-# best effort + volatile matches publishers of either reliability
-WATCH_QOS = QoSProfile(depth=10, reliability=QoSReliabilityPolicy.BEST_EFFORT,
-                       durability=QoSDurabilityPolicy.VOLATILE)
+INSTRUCTION_QOS = command_qos()
+WATCH_QOS = listener_qos()
 
 
 def _spin_until(executor, predicate, timeout_s: float) -> bool:

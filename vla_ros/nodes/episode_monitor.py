@@ -10,15 +10,14 @@ from pathlib import Path
 
 import rclpy
 from rclpy.executors import SingleThreadedExecutor
-from rclpy.qos import QoSDurabilityPolicy, QoSProfile, QoSReliabilityPolicy
 
 from vla_ros.config import topics
+from vla_ros.nodes.qos import listener_qos, status_qos
 from vla_ros_msgs.msg import EpisodeStatus, PolicyStatus
 
-# RELIABLE + TRANSIENT_LOCAL: also receives the bridge's latest status if it was sent before we matched
-LATCHED = QoSProfile(depth=10, reliability=QoSReliabilityPolicy.RELIABLE,
-                     durability=QoSDurabilityPolicy.TRANSIENT_LOCAL)
-ANY = QoSProfile(depth=10, reliability=QoSReliabilityPolicy.BEST_EFFORT, durability=QoSDurabilityPolicy.VOLATILE)
+# also receives the bridge's latest status if it was sent before we matched
+LATCHED = status_qos()
+ANY = listener_qos()
 
 
 class EpisodeMonitor:

@@ -19,7 +19,6 @@ from pathlib import Path
 
 import rclpy
 from rclpy.executors import SingleThreadedExecutor
-from rclpy.qos import QoSDurabilityPolicy, QoSProfile, QoSReliabilityPolicy
 
 from sim_bridge.rollout import EpisodeResult
 from vla_ros.action_conversion import command_to_libero
@@ -27,13 +26,12 @@ from vla_ros.config import topics
 from vla_ros.conventions import get_action_space
 from vla_ros.graph import load_graph, resolve_graph
 from vla_ros.launcher import GraphProcesses
+from vla_ros.nodes.qos import command_qos, status_qos
 from vla_ros_msgs.msg import EpisodeStatus, VlaAction
 from vla_ros_msgs.srv import ResetEpisode
 
-LATCHED = QoSProfile(depth=10, reliability=QoSReliabilityPolicy.RELIABLE,
-                     durability=QoSDurabilityPolicy.TRANSIENT_LOCAL)
-RELIABLE = QoSProfile(depth=100, reliability=QoSReliabilityPolicy.RELIABLE,
-                      durability=QoSDurabilityPolicy.VOLATILE)
+LATCHED = status_qos()
+RELIABLE = command_qos(depth=100)
 
 
 class GraphError(RuntimeError):

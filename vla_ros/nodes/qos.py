@@ -26,6 +26,19 @@ def image_qos(reliability: str = "best_effort") -> QoSProfile:
                       durability=QoSDurabilityPolicy.VOLATILE)
 
 
+def status_qos(depth: int = 10) -> QoSProfile:
+    """RELIABLE + TRANSIENT_LOCAL: a late joiner (an evaluator started after a reset) still gets the last
+    episode status."""
+    return QoSProfile(history=QoSHistoryPolicy.KEEP_LAST, depth=depth, reliability=QoSReliabilityPolicy.RELIABLE,
+                      durability=QoSDurabilityPolicy.TRANSIENT_LOCAL)
+
+
+def listener_qos(depth: int = 10) -> QoSProfile:
+    """BEST_EFFORT + VOLATILE: a passive listener that matches publishers of either reliability."""
+    return QoSProfile(history=QoSHistoryPolicy.KEEP_LAST, depth=depth,
+                      reliability=QoSReliabilityPolicy.BEST_EFFORT, durability=QoSDurabilityPolicy.VOLATILE)
+
+
 def command_qos(depth: int = 10) -> QoSProfile:
     """RELIABLE + VOLATILE: instructions (so `ros2 topic pub --once` matches), actions, status."""
     return QoSProfile(history=QoSHistoryPolicy.KEEP_LAST, depth=depth, reliability=QoSReliabilityPolicy.RELIABLE,
