@@ -20,11 +20,12 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
-from sim_bridge.libero_env import LiberoEpisodeEnv
+from sim_bridge.libero_env import LiberoEpisodeEnv, Observation
 from sim_bridge.recording import EpisodeRecorder
 from vla_ros.action_conversion import command_to_libero
 from vla_ros.controller import ControllerConfig, shape_action
 from vla_ros.policy import Policy
+from vla_ros.proprio import PROPRIO_LAYOUT, proprio_vector
 
 
 @dataclass
@@ -49,10 +50,26 @@ class EpisodeResult:
         return d
 
 
-def policy_step(policy: Policy, image: np.ndarray, instruction: str, cfg: ControllerConfig
-                ) -> tuple[np.ndarray | None, bool]:
+def policy_inputs(policy: Policy, obs: Observation) -> dict:
+    """The further inputs the policy's model takes (``metadata.extra_images``, ``proprio_layout``), from the
+    same observation the bridge publishes as the wrist camera, ``/joint_states`` and ``/ee_pose``."""
+    meta, kw = policy.metadata, {}
+    if meta.extra_images:
+        missing = [c for c in meta.extra_images if c not in obs.images]
+        if missing:
+            raise ValueError(f"the policy needs camera(s) {missing}; the env renders {sorted(obs.images)}")
+        kw["extra_images"] = {c: obs.images[c] for c in meta.extra_images}
+    if meta.proprio_layout:
+        if meta.proprio_layout != PROPRIO_LAYOUT:
+            raise ValueError(f"unknown proprio layout {meta.proprio_layout!r} (known: {PROPRIO_LAYOUT})")
+        kw["proprio"] = proprio_vector(obs.eef_pos, obs.eef_quat, obs.gripper_qpos)
+    return kw
+
+
+def policy_step(policy: Policy, image: np.ndarray, instruction: str, cfg: ControllerConfig,
+                inputs: dict | None = None) -> tuple[np.ndarray | None, bool]:
     """One decision as the node makes it: (LIBERO action or None for a hold on invalid output, done)."""
-    out = policy.act(image, instruction)
+    out = policy.act(image, instruction, **(inputs or {}))
     meta = policy.metadata
     try:
         cmd = shape_action(np.asarray(out.action, dtype=np.float64), meta.action_space, meta.gripper_convention, cfg)
@@ -68,8 +85,9 @@ def run_episode(env: LiberoEpisodeEnv, policy: Policy, init_state_id: int, *,
     """Reset ``env`` to ``init_state_id`` (settle steps included), run the policy until the episode ends."""
     cfg = controller or ControllerConfig()
     cfg.validate()
-    if camera not in env.cameras:
-        raise ValueError(f"camera {camera!r} is not rendered by this env (cameras: {env.cameras})")
+    for cam in (camera, *policy.metadata.extra_images):
+        if cam not in env.cameras:
+            raise ValueError(f"camera {cam!r} is not rendered by this env (cameras: {env.cameras})")
     t0 = time.monotonic()
     obs = env.reset(init_state_id)
     policy.reset()
@@ -83,7 +101,7 @@ def run_episode(env: LiberoEpisodeEnv, policy: Policy, init_state_id: int, *,
     actions: list[list[float]] = []
     invalid = 0
     while not env.done:
-        action, done = policy_step(policy, obs.images[camera], env.instruction, cfg)
+        action, done = policy_step(policy, obs.images[camera], env.instruction, cfg, policy_inputs(policy, obs))
         if done:
             env.finish("policy_done")
             break

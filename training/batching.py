@@ -102,17 +102,34 @@ class ActionBatchCollator:
     def __call__(self, samples: Sequence[Mapping], seeds: Sequence[int] | None = None) -> dict[str, torch.Tensor]:
         if not samples:
             raise ValueError("empty batch")
+        c = self.config
         images, instructions, targets = [], [], []
+        extra: dict[str, list[np.ndarray]] = {name: [] for name in c.extra_images}
+        proprios = [] if c.proprio_stats else None
         for i, s in enumerate(samples):
+            seed = seeds[i] if seeds is not None else i
             img = check_image(s["image"])
             if self.augment is not None:
-                img = augment_image(img, self.augment, seeds[i] if seeds is not None else i)
+                img = augment_image(img, self.augment, seed)
             images.append(img)
+            for name in c.extra_images:
+                key = f"{name}_image"
+                if key not in s:
+                    raise ValueError(f"the model needs {key!r}; the sample has {sorted(s)}")
+                view = check_image(s[key])
+                if self.augment is not None:
+                    view = augment_image(view, self.augment, sample_seed(seed, 7919))  # its own crop/jitter
+                extra[name].append(view)
+            if proprios is not None:
+                if "proprio" not in s:
+                    raise ValueError(f"the model needs 'proprio'; the sample has {sorted(s)}")
+                proprios.append(np.asarray(s["proprio"], dtype=np.float64))
             instructions.append(s["instruction"])
             targets.append(self.action_token_ids(s["action"], bool(s.get("done", False))))
         # the layout itself (prompt + targets + EOS, right padded, -100 on the prompt) is the core processor's,
         # the one that decoding is tested against
-        return dict(self.processor.training_batch(images, instructions, np.asarray(targets, dtype=np.int64)))
+        return dict(self.processor.training_batch(images, instructions, np.asarray(targets, dtype=np.int64),
+                                                  extra_images=extra or None, proprios=proprios))
 
 
 @torch.no_grad()

@@ -113,7 +113,8 @@ def run_inprocess(spec: dict) -> list[dict]:
             if env is None or env.task_id != task_id:
                 if env is not None:
                     env.close()
-                env = LiberoEpisodeEnv(spec["suite"], task_id, image_size=spec["image_size"], cameras=("agentview",),
+                cameras = ("agentview", *policy.metadata.extra_images)
+                env = LiberoEpisodeEnv(spec["suite"], task_id, image_size=spec["image_size"], cameras=cameras,
                                        image_flip=spec["image_flip"], max_steps=spec["max_steps"] or None,
                                        end_on_success=spec["end_on_success"], seed=spec["seed"])
             res = run_episode(env, policy, init_id, record_dir=spec["video_dir"] if record else None,
@@ -125,6 +126,15 @@ def run_inprocess(spec: dict) -> list[dict]:
             env.close()
         policy.close()
     return results
+
+
+def checkpoint_extra_images(spec: dict) -> list[str]:
+    """Cameras besides the main one that the node's model needs: from a native checkpoint's config.json
+    (the graph loads the model in the node, not here); other backends get the wrist camera to be safe."""
+    cfg = Path(spec["checkpoint"] or "") / "config.json"
+    if spec["backend"] == "native" and cfg.is_file():
+        return list(json.loads(cfg.read_text()).get("extra_images") or [])
+    return ["wrist"]
 
 
 def run_through_ros(spec: dict) -> list[dict]:
@@ -161,8 +171,8 @@ def _run_task_graph(spec: dict, task_id: int, record_dir: Path | None, results: 
             "quantization": spec["quantization"] or "none", "step_mode": "lockstep",
             "image_size": spec["image_size"], "max_steps": spec["max_steps"],
             "record": str(record_dir) if record_dir else ""}
-    bridge = {"cameras": ["agentview"], "image_flip": spec["image_flip"], "seed": spec["seed"],
-              "end_on_success": spec["end_on_success"]}
+    bridge = {"cameras": ["agentview", *checkpoint_extra_images(spec)], "image_flip": spec["image_flip"],
+              "seed": spec["seed"], "end_on_success": spec["end_on_success"]}
     policy = {"backend_options": yaml.safe_dump(spec["backend_options"], default_flow_style=True).strip(),
               "center_crop": spec["center_crop"]}
     log = Path(spec["log_dir"]) / f"graph_worker{spec['worker']}_task{task_id:02d}.log"

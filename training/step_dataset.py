@@ -18,10 +18,12 @@ from training.data.statistics import compute_statistics, keep_indices
 from vla_ros.normalization import STATS_FILENAME, load_statistics
 
 DEFAULT_CAMERA = "agentview_rgb"
+WRIST_CAMERA = "eye_in_hand_rgb"
 
 
 class StepDataset:
-    """``{"image", "instruction", "action", "done"}`` per kept step of a list of episodes."""
+    """``{"image", "instruction", "action", "done"}`` per kept step of a list of episodes, plus ``wrist_image``
+    (``eye_in_hand_rgb``) and ``proprio`` (``vla_ros.proprio``'s vector) where every episode has them."""
 
     def __init__(self, episodes: list[Episode], camera: str = DEFAULT_CAMERA, action_chunk: int = 1,
                  filter_noops: bool = True):
@@ -38,6 +40,19 @@ class StepDataset:
                               dtype=np.int64).reshape(-1, 2)
         if len(self.index) == 0:
             raise ValueError("no training steps (empty dataset, or all no-ops)")
+        self.has_wrist = all(WRIST_CAMERA in ep.obs for ep in self.episodes)
+        has_lowdim = all(ep.has_proprio for ep in self.episodes)
+        self._proprio = [ep.model_proprio() for ep in self.episodes] if has_lowdim else None
+
+    @property
+    def has_proprio(self) -> bool:
+        return self._proprio is not None
+
+    def proprio_array(self) -> np.ndarray:
+        """(N, D) proprio of every kept step (for its statistics)."""
+        if self._proprio is None:
+            raise ValueError("the episodes lack ee_states/gripper_states: no proprio")
+        return np.stack([self._proprio[k][t] for k, t in self.index])
 
     def __len__(self) -> int:
         return len(self.index)
@@ -50,8 +65,13 @@ class StepDataset:
         else:
             rows = np.minimum(np.arange(t, t + self.chunk), len(ep) - 1)
             action = ep.actions[rows]
-        return {"image": ep.obs[self.camera][t], "instruction": ep.instruction, "action": action.copy(),
-                "done": bool(ep.dones[t])}
+        sample = {"image": ep.obs[self.camera][t], "instruction": ep.instruction, "action": action.copy(),
+                  "done": bool(ep.dones[t])}
+        if self.has_wrist:
+            sample["wrist_image"] = ep.obs[WRIST_CAMERA][t]
+        if self._proprio is not None:
+            sample["proprio"] = self._proprio[k][t]
+        return sample
 
     @property
     def instructions(self) -> list[str]:

@@ -26,6 +26,7 @@ from training.checkpoint import build_model, save_policy
 from training.loop import LoopConfig, Trainer, count_params, resume_path
 from vla_ros.models.prismatic import PRESETS, PrismaticProcessor
 from vla_ros.normalization import ActionNormalizer, select_unnorm_key
+from vla_ros.proprio import proprio_statistics
 
 
 def add_loop_args(p: argparse.ArgumentParser, *, batch_size: int, grad_accum: int, lr: float, steps: int,
@@ -93,6 +94,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--preset", default="tiny-128", choices=[x for x in PRESETS if x != "openvla-7b"])
     p.add_argument("--action-chunk", type=int, default=1, help="actions predicted per call")
     p.add_argument("--predict-done", action="store_true", help="learn the episode-end token")
+    p.add_argument("--wrist", action="store_true", help="also feed the wrist camera (eye_in_hand_rgb)")
+    p.add_argument("--proprio", action="store_true", help="also feed proprio (vla_ros.proprio's vector)")
     p.add_argument("--unnorm-key", default=None, help="statistics key when the dataset has several")
     p.add_argument("--text-vocab-size", type=int, default=512)
     add_loop_args(p, batch_size=32, grad_accum=1, lr=3e-4, steps=2000, schedule="cosine", warmup=100)
@@ -112,8 +115,19 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, FileNotFoundError) as exc:
         print(f"vla-ros train: {exc}", file=sys.stderr)
         return 2
+    inputs = {}
+    if a.wrist:
+        if not getattr(dataset, "has_wrist", False):
+            print("vla-ros train: --wrist needs a dataset with eye_in_hand_rgb images", file=sys.stderr)
+            return 2
+        inputs["extra_images"] = ["wrist"]
+    if a.proprio:
+        if not getattr(dataset, "has_proprio", False):
+            print("vla-ros train: --proprio needs a dataset with ee_states/gripper_states", file=sys.stderr)
+            return 2
+        inputs["proprio_stats"] = proprio_statistics(dataset.proprio_array())
     model, tokenizer = build_model(a.preset, instructions, stats, text_vocab_size=a.text_vocab_size,
-                                   predict_done=a.predict_done, action_chunk=a.action_chunk, seed=a.seed)
+                                   predict_done=a.predict_done, action_chunk=a.action_chunk, seed=a.seed, **inputs)
     processor = PrismaticProcessor(tokenizer, model.config)
     data_gripper = stats[key].get("gripper_convention", "libero_sign")
     model.config.gripper_convention = data_gripper  # a model trained from scratch emits what its data holds
@@ -122,7 +136,8 @@ def main(argv: list[str] | None = None) -> int:
     # an augmented model is evaluated with OpenVLA's centre crop (its processor reads this from the config)
     model.config.center_crop = bool(a.augment)
     meta = {"command": "train", "preset": a.preset, "data": a.data or f"synthetic:{a.synthetic}",
-            "samples": len(dataset), "augment": bool(a.augment)}
+            "samples": len(dataset), "augment": bool(a.augment), "wrist": bool(a.wrist), "proprio": bool(a.proprio),
+            "action_chunk": a.action_chunk, "predict_done": bool(a.predict_done)}
 
     def export(m: torch.nn.Module, out: Path) -> None:
         save_policy(m, tokenizer, stats, out, meta={**meta, "loop": cfg.to_dict()})

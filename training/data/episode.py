@@ -17,6 +17,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from vla_ros.proprio import axis_angle_to_quat_xyzw, proprio_from_axis_angle, quat_xyzw_to_axis_angle
+
 # obs/<key> written for every demo; images are HxWx3 uint8, the rest float64 like LIBERO's files.
 IMAGE_KEYS = ("agentview_rgb", "eye_in_hand_rgb")
 LOWDIM_KEYS = ("ee_states", "ee_pos", "ee_ori", "gripper_states", "joint_states")
@@ -73,6 +75,15 @@ class Episode:
         """OpenVLA's LIBERO proprio: eef pos (3) + eef axis-angle (3) + gripper qpos (2) = 8 values."""
         return np.concatenate([self.obs["ee_states"], self.obs["gripper_states"]], axis=1)
 
+    def model_proprio(self) -> np.ndarray:
+        """(T, 11) proprio in the layout the VLA consumes (``vla_ros.proprio``), from the obs keys."""
+        ee = self.obs["ee_states"]  # eef pos (3) + axis-angle (3); the compact format keeps only this
+        return proprio_from_axis_angle(ee[:, :3], ee[:, 3:6], self.obs["gripper_states"])
+
+    @property
+    def has_proprio(self) -> bool:
+        return "ee_states" in self.obs and "gripper_states" in self.obs
+
 
 def last_step_flags(t: int, n_last: int = 1) -> np.ndarray:
     """uint8 flags, 1 on the last ``n_last`` steps (LIBERO's rewards/dones mark the final step)."""
@@ -81,20 +92,4 @@ def last_step_flags(t: int, n_last: int = 1) -> np.ndarray:
     return out
 
 
-def quat_xyzw_to_axis_angle(q: np.ndarray) -> np.ndarray:
-    """(..., 4) x, y, z, w quaternions -> (..., 3) axis-angle, like robosuite's ``quat2axisangle``."""
-    q = np.asarray(q, dtype=np.float64)
-    q = q / np.linalg.norm(q, axis=-1, keepdims=True)
-    w = np.clip(q[..., 3], -1.0, 1.0)
-    den = np.sqrt(np.clip(1.0 - w * w, 0.0, None))
-    angle = 2.0 * np.arccos(w)
-    scale = np.where(den > 1e-9, angle / np.where(den > 1e-9, den, 1.0), 0.0)
-    return q[..., :3] * scale[..., None]
-
-
-def axis_angle_to_quat_xyzw(aa: np.ndarray) -> np.ndarray:
-    """(..., 3) axis-angle -> (..., 4) x, y, z, w quaternions (inverse of the function above)."""
-    aa = np.asarray(aa, dtype=np.float64)
-    angle = np.linalg.norm(aa, axis=-1, keepdims=True)
-    axis = np.where(angle > 1e-12, aa / np.where(angle > 1e-12, angle, 1.0), 0.0)
-    return np.concatenate([axis * np.sin(angle / 2), np.cos(angle / 2)], axis=-1)
+__all__ = ["Episode", "axis_angle_to_quat_xyzw", "last_step_flags", "quat_xyzw_to_axis_angle"]

@@ -28,7 +28,7 @@ class DebugPolicy(Policy):
                                        gripper_convention=gripper_convention, image_flip=image_flip,
                                        predicts_done=self.done_after > 0)
 
-    def act_batch(self, images, instructions):
+    def act_batch(self, images, instructions, *, extra_images=None, proprios=None):
         outs = []
         for img, _ in zip(images, instructions, strict=True):
             self.calls += 1

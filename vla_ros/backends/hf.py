@@ -37,7 +37,8 @@ class HFRemoteCodePolicy(Policy):
         self.prompt_template = prompt_template
         self.center_crop = center_crop
 
-    def act_batch(self, images: list[np.ndarray], instructions: list[str]) -> list[PolicyOutput]:
+    def act_batch(self, images: list[np.ndarray], instructions: list[str], *, extra_images=None,
+                  proprios=None) -> list[PolicyOutput]:
         if len(images) != len(instructions) or not images:
             raise ValueError(f"need as many images as instructions (>0), got {len(images)} and {len(instructions)}")
         outs = []

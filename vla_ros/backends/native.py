@@ -73,6 +73,8 @@ class PrismaticPolicy(Policy):
             image_size=cfg.image_size,
             action_dim=cfg.action_dim,
             predicts_done=cfg.predict_done,
+            extra_images=tuple(cfg.extra_images),
+            proprio_layout=(cfg.proprio_stats or {}).get("layout", "") if cfg.proprio_stats else "",
             extra={"unnorm_key": self.unnorm_key, "action_chunk": cfg.action_chunk, "backend": "native",
                    "center_crop": processor.center_crop},
         )
@@ -83,12 +85,20 @@ class PrismaticPolicy(Policy):
         self.unnorm_key = unnorm_key or next(iter(self.model.config.norm_stats))
         self.metadata.extra["unnorm_key"] = self.unnorm_key
 
-    def decode_tokens(self, images: list[np.ndarray], instructions: list[str], fast: bool | None = None,
-                      ) -> np.ndarray:
+    def decode_tokens(self, images: list[np.ndarray], instructions: list[str], fast: bool | None = None, *,
+                      extra_images: dict[str, list[np.ndarray]] | None = None,
+                      proprios: list[np.ndarray] | None = None) -> np.ndarray:
         """(B, n_tokens) greedy token ids for the inputs."""
         images = [check_image(i) for i in images]
         prompts = [self.processor.prompt(t) for t in instructions]
         ids, mask = (t.to(self.device) for t in self.processor.tokenize(prompts))
+        if self.needs_extra_inputs:
+            # small multi-camera/proprio models: the plain decode (the graph path is built for one camera)
+            pix = self.processor.model_pixel_values(images, extra_images).to(self.device)
+            proprio = self.processor.proprio_values(proprios, len(images))
+            with torch.inference_mode():
+                return self.model.generate_action_tokens(
+                    ids, pix, mask, None if proprio is None else proprio.to(self.device)).cpu().numpy()
         use_fast = (self.fast if fast is None else fast) and ids.shape[0] == 1
         with torch.inference_mode():
             if use_fast and self.processor.shared_resize:
@@ -107,12 +117,14 @@ class PrismaticPolicy(Policy):
             self._decoder = StaticGreedyDecoder(self.model, compile=self.compile)
         return self._decoder
 
-    def act_batch(self, images: list[np.ndarray], instructions: list[str]) -> list[PolicyOutput]:
+    def act_batch(self, images: list[np.ndarray], instructions: list[str], *,
+                  extra_images: dict[str, list[np.ndarray]] | None = None,
+                  proprios: list[np.ndarray] | None = None) -> list[PolicyOutput]:
         if len(images) != len(instructions) or not images:
             raise ValueError(f"need as many images as instructions (>0), got {len(images)} and {len(instructions)}")
         if len(images) == 1 and self._queue:
             return [self._queue.popleft()]
-        tokens = self.decode_tokens(images, instructions)
+        tokens = self.decode_tokens(images, instructions, extra_images=extra_images, proprios=proprios)
         actions, done = self.model.tokens_to_actions(tokens)
         actions = self.normalizer.unnormalize(actions)  # (B, K, D) float64
         chunk = actions.shape[1]

@@ -84,7 +84,8 @@ class RemotePolicy(Policy):
             raise RemotePolicyError(f"server returned {a.shape[0]} values, expected {self.metadata.action_dim}")
         return PolicyOutput(a, done=done)
 
-    def act_batch(self, images: list[np.ndarray], instructions: list[str]) -> list[PolicyOutput]:
+    def act_batch(self, images: list[np.ndarray], instructions: list[str], *, extra_images=None,
+                  proprios=None) -> list[PolicyOutput]:
         if len(images) != len(instructions) or not images:
             raise ValueError(f"need as many images as instructions (>0), got {len(images)} and {len(instructions)}")
         return [self._post(img, text) for img, text in zip(images, instructions, strict=True)]

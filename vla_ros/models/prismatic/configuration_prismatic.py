@@ -48,6 +48,11 @@ class PrismaticConfig(PretrainedConfig):
     tokens; the embedding matrix (``text_config.vocab_size``) may be larger (padded to ``pad_to_multiple_of``).
     ``predict_done`` adds one decoded token after the action(s): ``done_token_ids = [continue_id, done_id]``.
     ``action_chunk`` K decodes K actions (K * action_dim tokens) per call.
+
+    Inputs beyond OpenVLA's one camera (none by default, so OpenVLA checkpoints are unchanged):
+    ``extra_images`` names further cameras (``["wrist"]``), each encoded by the same vision backbone and
+    projector, their patches following the main camera's; ``proprio_stats`` (``vla_ros.proprio``'s layout,
+    mean and std) adds one decoder position carrying the standardised proprio vector through a small MLP.
     """
 
     model_type = "vla_ros_prismatic"
@@ -73,6 +78,8 @@ class PrismaticConfig(PretrainedConfig):
         image_flip: str = DEFAULT_IMAGE_FLIP,
         norm_stats: dict | None = None,
         layerscale_init: float = 1e-5,
+        extra_images: list[str] | None = None,
+        proprio_stats: dict | None = None,
         **kwargs,
     ):
         if isinstance(text_config, dict):
@@ -105,12 +112,25 @@ class PrismaticConfig(PretrainedConfig):
         self.image_flip = image_flip
         self.norm_stats = norm_stats
         self.layerscale_init = float(layerscale_init)
+        self.extra_images = list(extra_images or [])
+        self.proprio_stats = dict(proprio_stats) if proprio_stats else None
+        if self.proprio_stats and len(self.proprio_stats.get("mean", [])) != len(self.proprio_stats.get("std", [])):
+            raise ValueError("proprio_stats needs 'mean' and 'std' of equal length")
         kwargs.setdefault("tie_word_embeddings", False)
         super().__init__(**kwargs)
 
     @property
     def use_fused_vision_backbone(self) -> bool:
         return len(self.vision_backbones) == 2
+
+    @property
+    def proprio_dim(self) -> int:
+        return len(self.proprio_stats["mean"]) if self.proprio_stats else 0
+
+    @property
+    def n_views(self) -> int:
+        """Camera images per sample: the main one plus ``extra_images``."""
+        return 1 + len(self.extra_images)
 
     @property
     def image_size(self) -> int:

@@ -107,6 +107,18 @@ class PrismaticProjector(nn.Module):
         return x
 
 
+class ProprioProjector(nn.Module):
+    """Standardised proprio vector -> one decoder embedding (2-layer GELU MLP)."""
+
+    def __init__(self, proprio_dim: int, llm_dim: int):
+        super().__init__()
+        self.fc1, self.fc2 = nn.Linear(proprio_dim, llm_dim), nn.Linear(llm_dim, llm_dim)
+        self.act = nn.GELU()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc2(self.act(self.fc1(x)))
+
+
 class PrismaticPreTrainedModel(PreTrainedModel):
     config_class = PrismaticConfig
     base_model_prefix = "vla"
@@ -135,6 +147,7 @@ class PrismaticForActionPrediction(PrismaticPreTrainedModel):
         llm_dim = config.text_config.hidden_size
         self.projector = PrismaticProjector(config.arch_specifier, self.vision_backbone.embed_dim, llm_dim)
         self.language_model = LlamaForCausalLM(config.text_config)
+        self.proprio_projector = ProprioProjector(config.proprio_dim, llm_dim) if config.proprio_dim else None
         self.action_tokenizer = ActionTokenizer(config.action_vocab_size, config.n_action_bins)
         if config.action_vocab_size > config.text_config.vocab_size:
             raise ValueError(f"action_vocab_size {config.action_vocab_size} exceeds the embedding rows "
@@ -153,21 +166,38 @@ class PrismaticForActionPrediction(PrismaticPreTrainedModel):
 
     # ------------------------------------------------------------------ forward
     def embed_images(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        """(B, 3k, S, S) -> projected patch embeddings (B, P, llm_dim)."""
-        feats = self.vision_backbone(pixel_values.to(self._vision_dtype()))
-        return self.projector(feats)
+        """(B, V * 3k, S, S) (V camera views, k backbones) -> projected patches (B, V * P, llm_dim): every view
+        through the same backbone and projector, the main camera's patches first."""
+        v = self.config.n_views
+        b, c, h, w = pixel_values.shape
+        if c % v:
+            raise ValueError(f"pixel_values have {c} channels, not a multiple of the model's {v} views")
+        x = pixel_values.reshape(b * v, c // v, h, w) if v > 1 else pixel_values
+        feats = self.projector(self.vision_backbone(x.to(self._vision_dtype())))
+        return feats.reshape(b, -1, feats.shape[-1]) if v > 1 else feats
+
+    def embed_prefix(self, pixel_values: torch.Tensor, proprio: torch.Tensor | None = None) -> torch.Tensor:
+        """The embeddings inserted after BOS: image patches, then (for proprio models) the proprio token."""
+        patches = self.embed_images(pixel_values)
+        if self.proprio_projector is None:
+            return patches
+        if proprio is None:
+            raise ValueError("this model consumes proprio (config.proprio_stats); pass proprio=")
+        tok = self.proprio_projector(proprio.to(patches.dtype))
+        return torch.cat([patches, tok[:, None]], dim=1)
 
     def _vision_dtype(self) -> torch.dtype:
         return self.vision_backbone.featurizer.patch_embed.proj.weight.dtype
 
     def build_inputs(self, input_ids: torch.Tensor, pixel_values: torch.Tensor,
-                     attention_mask: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+                     attention_mask: torch.Tensor | None = None, proprio: torch.Tensor | None = None,
+                     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Multimodal input embeddings ``[BOS, patches, rest of the prompt]`` and their attention mask.
 
         The patches go right after each row's first real token (BOS), so left-padded batches (generation) and
         right-padded ones (training) both work."""
         emb = self.get_input_embeddings()(input_ids)
-        patches = self.embed_images(pixel_values).to(emb.dtype)
+        patches = self.embed_prefix(pixel_values, proprio).to(emb.dtype)
         if attention_mask is None:
             attention_mask = torch.ones(input_ids.shape, dtype=torch.long, device=input_ids.device)
         ones = torch.ones(patches.shape[:2], dtype=attention_mask.dtype, device=attention_mask.device)
@@ -181,16 +211,18 @@ class PrismaticForActionPrediction(PrismaticPreTrainedModel):
             masks.append(torch.cat([attention_mask[r, : k + 1], ones[r], attention_mask[r, k + 1:]], dim=0))
         return torch.stack(rows), torch.stack(masks)
 
-    def build_inputs_unpadded(self, input_ids: torch.Tensor, pixel_values: torch.Tensor) -> torch.Tensor:
+    def build_inputs_unpadded(self, input_ids: torch.Tensor, pixel_values: torch.Tensor,
+                              proprio: torch.Tensor | None = None) -> torch.Tensor:
         """:meth:`build_inputs` for unpadded rows, free of host syncs (capturable in a CUDA graph)."""
         emb = self.get_input_embeddings()(input_ids)
-        patches = self.embed_images(pixel_values).to(emb.dtype)
+        patches = self.embed_prefix(pixel_values, proprio).to(emb.dtype)
         return torch.cat([emb[:, :1], patches, emb[:, 1:]], dim=1)
 
     def forward(self, input_ids: torch.Tensor, pixel_values: torch.Tensor, attention_mask: torch.Tensor | None = None,
-                labels: torch.Tensor | None = None, **kwargs) -> CausalLMOutputWithPast:
+                labels: torch.Tensor | None = None, proprio: torch.Tensor | None = None,
+                **kwargs) -> CausalLMOutputWithPast:
         """Teacher-forced forward for training; ``labels`` align with ``input_ids`` (patches are ignored)."""
-        embeds, mask = self.build_inputs(input_ids, pixel_values, attention_mask)
+        embeds, mask = self.build_inputs(input_ids, pixel_values, attention_mask, proprio)
         full_labels = None
         if labels is not None:
             n_p = embeds.shape[1] - input_ids.shape[1]
@@ -209,9 +241,10 @@ class PrismaticForActionPrediction(PrismaticPreTrainedModel):
 
     @torch.no_grad()
     def generate_action_tokens(self, input_ids: torch.Tensor, pixel_values: torch.Tensor,
-                               attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+                               attention_mask: torch.Tensor | None = None, proprio: torch.Tensor | None = None,
+                               ) -> torch.Tensor:
         """The plain (reference) greedy decode: dynamic KV cache, eager, any batch/padding. -> (B, n_tokens)."""
-        embeds, mask = self.build_inputs(input_ids, pixel_values, attention_mask)
+        embeds, mask = self.build_inputs(input_ids, pixel_values, attention_mask, proprio)
         pos = (mask.long().cumsum(-1) - 1).clamp(min=0)
         cache = DynamicCache(config=self.config.text_config)
         out = self.language_model(inputs_embeds=embeds, attention_mask=mask, position_ids=pos,
@@ -248,13 +281,14 @@ class PrismaticForActionPrediction(PrismaticPreTrainedModel):
 
     @torch.no_grad()
     def predict_action(self, input_ids: torch.Tensor, pixel_values: torch.Tensor, unnorm_key: str | None = None,
-                       attention_mask: torch.Tensor | None = None, **kwargs) -> np.ndarray:
+                       attention_mask: torch.Tensor | None = None, proprio: torch.Tensor | None = None,
+                       **kwargs) -> np.ndarray:
         """OpenVLA's ``predict_action`` signature: un-normalised action(s) of the first batch row
         ((action_dim,) or (chunk, action_dim)). Greedy only (``do_sample`` other than False is refused)."""
         if kwargs.get("do_sample", False):
             raise ValueError("only greedy decoding is supported (do_sample=False)")
         normalizer = self.get_normalizer(unnorm_key)
-        tokens = self.generate_action_tokens(input_ids, pixel_values, attention_mask).cpu().numpy()
+        tokens = self.generate_action_tokens(input_ids, pixel_values, attention_mask, proprio).cpu().numpy()
         actions, _ = self.tokens_to_actions(tokens)
         a = normalizer.unnormalize(actions[0])
         return a[0] if self.config.action_chunk == 1 else a

@@ -17,6 +17,7 @@ from PIL import Image
 from transformers import BatchFeature, PreTrainedTokenizerBase
 
 from vla_ros.models.prismatic.configuration_prismatic import PrismaticConfig
+from vla_ros.proprio import normalize_proprio
 
 _INTERP = {"bicubic": Image.BICUBIC, "bilinear": Image.BILINEAR, "nearest": Image.NEAREST}
 CENTER_CROP_AREA = 0.9
@@ -52,6 +53,8 @@ class PrismaticProcessor:
         self.prompt_template = config.prompt_template
         self.center_crop = config.center_crop if center_crop is None else bool(center_crop)
         self.suffix_id = config.prompt_suffix_token_id
+        self.extra_images = list(config.extra_images)
+        self.proprio_stats = config.proprio_stats
         self._norm_consts: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
         # OpenVLA's "▁" suffix only makes sense for the Llama-2 tokenizer it was written for
         if self.suffix_id is not None and (self.suffix_id >= len(tokenizer)
@@ -95,6 +98,26 @@ class PrismaticProcessor:
             out.append(torch.cat(chans, dim=1)[0])
         return torch.stack(out)
 
+    def model_pixel_values(self, images: list[np.ndarray], extra_images: dict[str, list[np.ndarray]] | None = None,
+                           ) -> torch.Tensor:
+        """(B, V * 3k, S, S): the main camera's pixel values, then each of the model's ``extra_images`` cameras."""
+        views = [self.pixel_values(images)]
+        for name in self.extra_images:
+            imgs = (extra_images or {}).get(name)
+            if imgs is None or len(imgs) != len(images):
+                raise ValueError(f"this model needs a {name!r} image for every sample (config.extra_images)")
+            views.append(self.pixel_values(list(imgs)))
+        return torch.cat(views, dim=1) if len(views) > 1 else views[0]
+
+    def proprio_values(self, proprios: list[np.ndarray] | None, batch: int) -> torch.Tensor | None:
+        """(B, D) float32 standardised proprio, or None for models without proprio input."""
+        if not self.proprio_stats:
+            return None
+        if proprios is None or len(proprios) != batch:
+            raise ValueError("this model needs a proprio vector for every sample (config.proprio_stats; "
+                             "layout in vla_ros.proprio)")
+        return torch.from_numpy(normalize_proprio(np.stack(proprios), self.proprio_stats).astype(np.float32))
+
     def normalize_one(self, resized: torch.Tensor, spec: dict) -> torch.Tensor:
         x = resized.permute(0, 3, 1, 2).float() / 255.0
         key = (str(x.device), tuple(spec["mean"]), tuple(spec["std"]))
@@ -115,7 +138,8 @@ class PrismaticProcessor:
         return ids, mask
 
     def training_batch(self, images: list[np.ndarray], instructions: list[str], action_token_ids: np.ndarray,
-                       ) -> BatchFeature:
+                       extra_images: dict[str, list[np.ndarray]] | None = None,
+                       proprios: list[np.ndarray] | None = None) -> BatchFeature:
         """Teacher-forcing batch in the layout decoding expects (OpenVLA's): ``prompt + target ids + EOS``, right
         padded, ``labels`` = -100 on the prompt and the padding. ``action_token_ids`` (B, n) are the ids the model
         must produce after the prompt: the action tokens (``ActionTokenizer.encode`` of the normalised actions,
@@ -136,8 +160,12 @@ class PrismaticProcessor:
         ids = torch.tensor([r + [pad] * (n - len(r)) for r in rows], dtype=torch.long)
         lab = torch.tensor([r + [-100] * (n - len(r)) for r in labels], dtype=torch.long)
         mask = torch.tensor([[1] * len(r) + [0] * (n - len(r)) for r in rows], dtype=torch.long)
-        return BatchFeature({"input_ids": ids, "attention_mask": mask, "labels": lab,
-                             "pixel_values": self.pixel_values(images)})
+        batch = {"input_ids": ids, "attention_mask": mask, "labels": lab,
+                 "pixel_values": self.model_pixel_values(images, extra_images)}
+        proprio = self.proprio_values(proprios, len(images))
+        if proprio is not None:
+            batch["proprio"] = proprio
+        return BatchFeature(batch)
 
     def __call__(self, text: str | list[str] | None = None, images=None, instructions: list[str] | None = None,
                  return_tensors: str = "pt", **_) -> BatchFeature:
