@@ -42,6 +42,13 @@ class GenConfig:
     done_steps: int = 3  # extra steps recorded after success, all flagged done (with the success step)
     max_attempts_factor: float = 3.0  # give up a task after demos_per_task * this attempts
     model_xml: bool = True  # store LIBERO's per-demo model_file (needed by LIBERO's replay tools)
+    # DART (Laskey et al. 2017): execute expert + noise, record the clean expert action, so the data
+    # shows how to get back from states a perfect expert never visits. AR(1) noise in controller units
+    # (1 = 5 cm / 0.5 rad per step) on the six arm dimensions; the gripper is never perturbed.
+    noise_std: float = 0.0
+    noise_rot_std: float = 0.0
+    noise_corr: float = 0.8  # AR(1) coefficient: correlated noise drifts the arm off the expert's path
+    hard_reset: bool = True  # rebuild the model each attempt (see generate_task)
 
 
 @dataclass
@@ -80,11 +87,17 @@ def rollout(env, expert, seed: int, cfg: GenConfig) -> tuple[bool, np.ndarray, n
     states, actions = [], []
     limit = round(cfg.max_len_frac * env.max_steps)
     success_at = None
+    noise_rng = np.random.default_rng([seed, 1])
+    scale = np.r_[np.full(3, cfg.noise_std), np.full(3, cfg.noise_rot_std), 0.0]
+    innovation = np.sqrt(1.0 - cfg.noise_corr**2) * scale
+    noise = np.zeros(7)
     while True:
         states.append(env.env.get_sim_state().copy())
         a = expert.act()
-        actions.append(a)
-        res = env.step(a)
+        actions.append(a)  # the label is always the clean expert action
+        if scale.any():
+            noise = cfg.noise_corr * noise + innovation * noise_rng.standard_normal(7)
+        res = env.step(np.clip(a + noise, -1.0, 1.0))
         if res.success and success_at is None:
             success_at = len(actions) - 1
         if success_at is not None and (len(actions) - 1 - success_at >= cfg.done_steps or not res.success):
@@ -133,9 +146,11 @@ def generate_task(suite: str, task_id: int, cfg: GenConfig, progress=None) -> Ta
     report = TaskReport(suite, task_id, phys.instruction, str(out))
     render = None
     try:
-        # Soft resets still sample fresh placements (robosuite's _reset_internal); a hard reset would
-        # only rebuild the same model, at 3-10 s each.
-        phys.env.env.hard_reset = False
+        # A soft reset (no model rebuild) samples placements against stale fixture poses: in
+        # libero_spatial task 7 it put "the bowl on the stove" 25 cm beside the stove, out of reach, so
+        # every attempt failed, and the scenes of other tasks could drift from the evaluation's. A hard
+        # reset (as the evaluation does) costs ~1.3 s per attempt on the physics-only env.
+        phys.env.env.hard_reset = cfg.hard_reset
         writer = _open_writer(out, phys, cfg)
         with writer:
             keys = writer.demo_keys()
@@ -255,13 +270,19 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--max-len-frac", type=float, default=0.6, help="drop demos longer than this x step limit")
     p.add_argument("--done-steps", type=int, default=3, help="steps recorded after success, flagged done")
     p.add_argument("--no-model-xml", action="store_true", help="omit LIBERO's per-demo model_file attribute")
+    p.add_argument("--noise", type=float, default=0.0,
+                   help="DART: std of AR(1) noise added to the executed xyz actions (controller units)")
+    p.add_argument("--noise-rot", type=float, default=None, help="same for the rotation dims (default: --noise/2)")
+    p.add_argument("--soft-reset", action="store_true", help="no model rebuild per attempt (faster, see docs)")
     p.add_argument("--no-progress", action="store_true")
     a = p.parse_args(argv)
     if a.demos_per_task < 1 or a.workers < 1:
         p.error("--demos-per-task and --workers must be >= 1")
     os.environ.setdefault("MUJOCO_GL", "egl")
     cfg = GenConfig(out=a.out, demos_per_task=a.demos_per_task, seed=a.seed, image_size=a.image_size,
-                    max_len_frac=a.max_len_frac, done_steps=a.done_steps, model_xml=not a.no_model_xml)
+                    max_len_frac=a.max_len_frac, done_steps=a.done_steps, model_xml=not a.no_model_xml,
+                    noise_std=a.noise, noise_rot_std=a.noise / 2 if a.noise_rot is None else a.noise_rot,
+                    hard_reset=not a.soft_reset)
     units = [(s, t) for s in a.suites for t in parse_tasks(a.tasks, s)]
     for s in a.suites:
         max_steps_for(s)  # validates
