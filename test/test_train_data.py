@@ -64,3 +64,36 @@ def test_train_cli_on_a_libero_file(tmp_path):
     stats = json.loads((out / "dataset_statistics.json").read_text())
     assert list(stats) == ["data"]
     assert json.loads((out / "config.json").read_text())["center_crop"] is True  # augmented: evaluate centre-cropped
+
+
+def test_steps_carry_wrist_image_and_model_proprio():
+    ep = _episode(3)
+    ds = StepDataset([ep])
+    assert ds.has_wrist and ds.has_proprio
+    _, t = (int(x) for x in ds.index[1])
+    s = ds[1]
+    np.testing.assert_array_equal(s["wrist_image"], ep.obs["eye_in_hand_rgb"][t])
+    np.testing.assert_allclose(s["proprio"], ep.model_proprio()[t])
+    assert ds.proprio_array().shape == (len(ds), 11)
+    bare = Episode(actions=ep.actions, obs={"agentview_rgb": ep.obs["agentview_rgb"]}, instruction="x")
+    plain = StepDataset([bare])
+    assert not plain.has_wrist and not plain.has_proprio and "proprio" not in plain[0]
+
+
+def test_train_cli_with_wrist_and_proprio(tmp_path):
+    from training.train import main
+    from vla_ros.backends import load_policy
+
+    _write(tmp_path / "data" / "task.hdf5", [_episode(0), _episode(1)])
+    out = tmp_path / "run"
+    assert main(["--data", str(tmp_path / "data"), "--preset", "test-fused", "--out", str(out), "--steps", "2",
+                 "--batch-size", "4", "--no-progress", "--text-vocab-size", "300", "--wrist", "--proprio",
+                 "--augment"]) == 0
+    cfg = json.loads((out / "config.json").read_text())
+    assert cfg["extra_images"] == ["wrist"]
+    assert cfg["proprio_stats"]["layout"] == "eef_rot6d_gripper" and len(cfg["proprio_stats"]["mean"]) == 11
+    policy = load_policy("native", str(out), device="cpu")
+    img = np.zeros((16, 16, 3), np.uint8)
+    a = policy.predict(img, "put the bowl on the plate", extra_images={"wrist": img},
+                       proprio=np.zeros(11) + np.asarray(cfg["proprio_stats"]["mean"]))
+    assert a.shape == (7,)

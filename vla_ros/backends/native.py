@@ -165,7 +165,9 @@ def random_policy(preset: str, device: str | None = "auto", dtype: torch.dtype |
 def load(path: str | None = None, device: str | None = "auto", dtype: str | torch.dtype | None = None,
          quantization: str | None = "none", adapter: str | None = None, merge_adapter: bool = False,
          unnorm_key: str | None = None, center_crop: bool | None = None, fast: bool = True, seed: int = 0,
-         compile: bool = False, threads: int | None = None) -> PrismaticPolicy:
+         compile: bool = False, threads: int | None = None, done_threshold: float | None = None) -> PrismaticPolicy:
+    """``done_threshold``: probability the done token needs (against continue) to end the episode; the
+    checkpoint's ``config.done_threshold`` (0.5, plain argmax) when None."""
     if threads:  # CPU: on a loaded 2-core machine 1 thread avoids OpenMP spin-waiting (see docs/core.md)
         torch.set_num_threads(int(threads))
     if not path:
@@ -175,5 +177,9 @@ def load(path: str | None = None, device: str | None = "auto", dtype: str | torc
                              quantization=quantization, seed=seed, fast=fast, compile=compile)
     model, processor = load_model(path, device=device, dtype=parse_dtype(dtype), quantization=quantization,
                                   adapter=adapter, merge_adapter=merge_adapter, center_crop=center_crop)
+    if done_threshold is not None:
+        if not 0.0 < float(done_threshold) < 1.0:
+            raise ValueError(f"done_threshold must be in (0, 1), got {done_threshold}")
+        model.config.done_threshold = float(done_threshold)
     return PrismaticPolicy(model, processor, unnorm_key=unnorm_key, fast=fast, model_id=str(Path(path).name),
                            compile=compile)

@@ -80,6 +80,7 @@ class PrismaticConfig(PretrainedConfig):
         layerscale_init: float = 1e-5,
         extra_images: list[str] | None = None,
         proprio_stats: dict | None = None,
+        done_threshold: float = 0.5,
         **kwargs,
     ):
         if isinstance(text_config, dict):
@@ -112,6 +113,9 @@ class PrismaticConfig(PretrainedConfig):
         self.image_flip = image_flip
         self.norm_stats = norm_stats
         self.layerscale_init = float(layerscale_init)
+        # P(done | done or continue) needed to declare the episode finished: above 0.5 trades a later stop
+        # for fewer premature ones (a false "done" ends an episode as a failure)
+        self.done_threshold = float(done_threshold)
         self.extra_images = list(extra_images or [])
         self.proprio_stats = dict(proprio_stats) if proprio_stats else None
         if self.proprio_stats and len(self.proprio_stats.get("mean", [])) != len(self.proprio_stats.get("std", [])):

@@ -233,10 +233,12 @@ class PrismaticForActionPrediction(PrismaticPreTrainedModel):
     # ------------------------------------------------------------------ decoding
     def select_token(self, logits: torch.Tensor, step: int) -> torch.Tensor:
         """Greedy choice at decode ``step``: unconstrained argmax for action tokens (as OpenVLA), and for the
-        trailing done token the better of the two reserved ids."""
+        trailing done token ``done`` where its probability against ``continue`` exceeds
+        ``config.done_threshold`` (0.5: the better of the two ids)."""
         if self.config.predict_done and step == self.config.n_action_tokens - 1:
             ids = torch.tensor(self.config.done_token_ids, device=logits.device)
-            return ids[logits[:, ids].argmax(-1)]
+            p_done = torch.softmax(logits[:, ids].float(), dim=-1)[:, 1]
+            return ids[(p_done > self.config.done_threshold).long()]
         return logits.argmax(-1)
 
     @torch.no_grad()
