@@ -145,3 +145,35 @@ def test_done_threshold_backend_option(tmp_path) -> None:
     assert policy.model.config.done_threshold == 0.95
     with pytest.raises(ValueError, match="done_threshold"):
         load_policy("native", str(path), device="cpu", unnorm_key="libero_spatial", done_threshold=1.5)
+
+
+def test_remote_backend_carries_wrist_and_proprio(tmp_path) -> None:
+    import threading
+
+    from vla_ros.models.prismatic.checkpoint import save_checkpoint
+    from vla_ros.serving import PolicyServer
+
+    model, tok = _wrist_proprio_model()
+    path = save_checkpoint(model, tok, tmp_path / "ckpt", model.config.norm_stats)
+    local = load_policy("native", str(path), device="cpu", unnorm_key="libero_spatial")
+    server = PolicyServer(load_policy("native", str(path), device="cpu", unnorm_key="libero_spatial"),
+                          "127.0.0.1", 0)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        client = load_policy("remote", server.url)
+        assert client.metadata.extra_images == ("wrist",) and client.metadata.proprio_layout == "eef_rot6d_gripper"
+        rng = np.random.default_rng(3)
+        img, wrist = (rng.integers(0, 255, (128, 128, 3), dtype=np.uint8) for _ in range(2))
+        prop = proprio_vector([0.1, 0.0, 1.0], [1.0, 0, 0, 0], [0.04, -0.04])
+        np.testing.assert_allclose(client.predict(img, INSTR, extra_images={"wrist": wrist}, proprio=prop),
+                                   local.predict(img, INSTR, extra_images={"wrist": wrist}, proprio=prop))
+        from vla_ros.backends.remote import RemotePolicyError
+
+        with pytest.raises(RemotePolicyError, match=r"400.*proprio"):  # the server names what is missing
+            client.predict(img, INSTR, extra_images={"wrist": wrist})
+        assert server.counters["rejected"] == 1
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(5)

@@ -2,9 +2,12 @@
 
 ``POST /act`` with JSON ``{"image": <json-numpy HxWx3 uint8>, "instruction": str, "unnorm_key"?: str}`` (or
 deploy.py's double-encoded ``{"encoded": "<json>"}``) answers the un-normalised action as a json-numpy array, with
-the policy's done flag in the ``X-VLA-Done`` header. ``GET /metadata`` returns the checkpoint's conventions and
-``GET /health`` the request counters. Bad requests get status 400 with the reason, and are counted. Requests are
-served one at a time on the model (a lock), so a single GPU is never shared by two forward passes.
+the policy's done flag in the ``X-VLA-Done`` header. Models with further inputs (``extra_images`` and
+``proprio_layout`` in ``/metadata``) also take ``"<camera>_image"`` (e.g. ``"wrist_image"``) and ``"proprio"``
+fields (json-numpy arrays); OpenVLA's clients never send them and need not. ``GET /metadata`` returns the
+checkpoint's conventions and ``GET /health`` the request counters. Bad requests get status 400 with the reason,
+and are counted. Requests are served one at a time on the model (a lock), so a single GPU is never shared by two
+forward passes.
 
     vla-ros serve --backend native --path ckpt/ --host 0.0.0.0 --port 8000 --quantization 4bit
 """
@@ -33,8 +36,20 @@ class BadRequestError(ValueError):
     """The request cannot be answered (reason in the message, sent back with status 400)."""
 
 
-def parse_act_request(body: bytes) -> tuple[np.ndarray, str, str | None]:
-    """Decode and validate one ``/act`` body -> (image, instruction, unnorm_key)."""
+def _image(value: Any, field: str) -> np.ndarray:
+    image = np.asarray(value)
+    if image.ndim != 3 or image.shape[2] != 3 or min(image.shape[:2]) < 1:
+        raise BadRequestError(f"{field} must be HxWx3, got shape {image.shape}")
+    if image.dtype != np.uint8:
+        if not np.issubdtype(image.dtype, np.integer) or image.min() < 0 or image.max() > 255:
+            raise BadRequestError(f"{field} must be uint8 RGB, got {image.dtype}")
+        image = image.astype(np.uint8)
+    return image
+
+
+def parse_act_request(body: bytes) -> tuple[np.ndarray, str, str | None, dict]:
+    """Decode and validate one ``/act`` body -> (image, instruction, unnorm_key, further inputs as the
+    keyword arguments of ``Policy.act``: ``extra_images``, ``proprio``)."""
     try:
         payload = json_numpy.loads(body.decode())
         if isinstance(payload, dict) and "encoded" in payload:  # deploy.py's double encoding
@@ -43,20 +58,23 @@ def parse_act_request(body: bytes) -> tuple[np.ndarray, str, str | None]:
         raise BadRequestError(f"body is not JSON (json-numpy): {exc}") from exc
     if not isinstance(payload, dict) or "image" not in payload or "instruction" not in payload:
         raise BadRequestError("body must be an object with 'image' and 'instruction'")
-    image = np.asarray(payload["image"])
-    if image.ndim != 3 or image.shape[2] != 3 or min(image.shape[:2]) < 1:
-        raise BadRequestError(f"image must be HxWx3, got shape {image.shape}")
-    if image.dtype != np.uint8:
-        if not np.issubdtype(image.dtype, np.integer) or image.min() < 0 or image.max() > 255:
-            raise BadRequestError(f"image must be uint8 RGB, got {image.dtype}")
-        image = image.astype(np.uint8)
+    image = _image(payload["image"], "image")
     instruction = payload["instruction"]
     if not isinstance(instruction, str) or not instruction.strip():
         raise BadRequestError("instruction must be a non-empty string")
     key = payload.get("unnorm_key")
     if key is not None and not isinstance(key, str):
         raise BadRequestError("unnorm_key must be a string")
-    return image, instruction, key
+    inputs: dict = {}
+    extra = {k[: -len("_image")]: _image(v, k) for k, v in payload.items() if k.endswith("_image")}
+    if extra:
+        inputs["extra_images"] = extra
+    if payload.get("proprio") is not None:
+        proprio = np.asarray(payload["proprio"], dtype=np.float64).reshape(-1)
+        if not np.all(np.isfinite(proprio)):
+            raise BadRequestError("proprio has NaN/inf values")
+        inputs["proprio"] = proprio
+    return image, instruction, key, inputs
 
 
 class PolicyServer(ThreadingHTTPServer):
@@ -78,7 +96,8 @@ class PolicyServer(ThreadingHTTPServer):
         m.update({k: v for k, v in m.pop("extra", {}).items() if k not in m})
         return m
 
-    def act(self, image: np.ndarray, instruction: str, unnorm_key: str | None) -> tuple[np.ndarray, bool]:
+    def act(self, image: np.ndarray, instruction: str, unnorm_key: str | None, inputs: dict | None = None,
+            ) -> tuple[np.ndarray, bool]:
         with self.lock:
             current = self.policy.metadata.extra.get("unnorm_key")
             if unnorm_key is not None and unnorm_key != current:
@@ -90,7 +109,10 @@ class PolicyServer(ThreadingHTTPServer):
                     setter(unnorm_key)
                 except (KeyError, ValueError) as exc:
                     raise BadRequestError(str(exc)) from exc
-            out = self.policy.act(image, instruction)
+            try:
+                out = self.policy.act(image, instruction, **(inputs or {}))
+            except ValueError as exc:  # a missing/ill-shaped input of this model: the client's mistake
+                raise BadRequestError(str(exc)) from exc
         return np.asarray(out.action, dtype=np.float64), bool(out.done)
 
 
@@ -127,8 +149,8 @@ class _Handler(BaseHTTPRequestHandler):
             n = int(self.headers.get("Content-Length", "0"))
             if n <= 0 or n > MAX_BODY_BYTES:
                 raise BadRequestError(f"Content-Length must be 1..{MAX_BODY_BYTES}, got {n}")
-            image, instruction, key = parse_act_request(self.rfile.read(n))
-            action, done = self.server.act(image, instruction, key)
+            image, instruction, key, inputs = parse_act_request(self.rfile.read(n))
+            action, done = self.server.act(image, instruction, key, inputs)
         except BadRequestError as exc:
             self.server.counters["rejected"] += 1
             log.warning("rejected request (%d so far): %s", self.server.counters["rejected"], exc)

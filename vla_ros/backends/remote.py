@@ -55,11 +55,18 @@ class RemotePolicy(Policy):
             image_size=int(info.get("image_size", 224)),
             action_dim=int(info.get("action_dim", 7)),
             predicts_done=bool(info.get("predicts_done", False)),
+            extra_images=tuple(info.get("extra_images") or ()),
+            proprio_layout=str(info.get("proprio_layout") or ""),
             extra={"backend": "remote", "url": self.url, "unnorm_key": self.unnorm_key},
         )
 
-    def _post(self, image: np.ndarray, instruction: str) -> PolicyOutput:
+    def _post(self, image: np.ndarray, instruction: str, extra_images: dict[str, np.ndarray] | None = None,
+              proprio: np.ndarray | None = None) -> PolicyOutput:
         body = {"image": np.ascontiguousarray(image, dtype=np.uint8), "instruction": instruction}
+        for name, img in (extra_images or {}).items():  # only models that need them get these fields
+            body[f"{name}_image"] = np.ascontiguousarray(img, dtype=np.uint8)
+        if proprio is not None:
+            body["proprio"] = np.asarray(proprio, dtype=np.float64)
         if self.unnorm_key is not None:
             body["unnorm_key"] = self.unnorm_key
         req = urllib.request.Request(self.url + "/act", data=json_numpy.dumps(body).encode(),
@@ -88,7 +95,9 @@ class RemotePolicy(Policy):
                   proprios=None) -> list[PolicyOutput]:
         if len(images) != len(instructions) or not images:
             raise ValueError(f"need as many images as instructions (>0), got {len(images)} and {len(instructions)}")
-        return [self._post(img, text) for img, text in zip(images, instructions, strict=True)]
+        return [self._post(img, text, {k: v[i] for k, v in (extra_images or {}).items()},
+                           None if proprios is None else proprios[i])
+                for i, (img, text) in enumerate(zip(images, instructions, strict=True))]
 
 
 def load(path: str | None = None, unnorm_key: str | None = None, timeout: float = 30.0, url: str | None = None,
