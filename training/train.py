@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shlex
 import sys
 from pathlib import Path
 
@@ -135,9 +136,12 @@ def main(argv: list[str] | None = None) -> int:
                                    AugmentConfig() if a.augment else None, data_gripper_convention=data_gripper)
     # an augmented model is evaluated with OpenVLA's centre crop (its processor reads this from the config)
     model.config.center_crop = bool(a.augment)
-    meta = {"command": "train", "preset": a.preset, "data": a.data or f"synthetic:{a.synthetic}",
+    argv_used = sys.argv[1:] if argv is None else argv
+    meta = {"command": "train", "command_line": "vla-ros train " + shlex.join(argv_used), "preset": a.preset,
+            "data": a.data or f"synthetic:{a.synthetic}",
             "samples": len(dataset), "augment": bool(a.augment), "wrist": bool(a.wrist), "proprio": bool(a.proprio),
-            "action_chunk": a.action_chunk, "predict_done": bool(a.predict_done)}
+            "action_chunk": a.action_chunk, "predict_done": bool(a.predict_done),
+            "device": torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu"}
 
     def export(m: torch.nn.Module, out: Path) -> None:
         save_policy(m, tokenizer, stats, out, meta={**meta, "loop": cfg.to_dict()})
