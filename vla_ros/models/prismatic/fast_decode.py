@@ -9,6 +9,14 @@ back), replayed ``n - 1`` times with no host sync in between.
 
 Greedy choices follow :meth:`PrismaticForActionPrediction.select_token`; the eager run of the same static path
 (``cuda_graph=False``) is the reference the graphs must match token for token.
+
+``compile=True`` (CUDA) runs each decoder layer as one ``torch.compile``-d function of plain tensors (one compiled
+graph serves all 32 layers: quick to compile), inside the same CUDA graphs: fused norms/rotary/residuals, the
+prompt's attention through SDPA's causal (flash) kernel over just the prompt, the last layer only for the last
+position, and in the decode step matrix-vector products as inductor reductions tuned by coordinate descent
+(``coordinate_descent_tuning``: inductor then decomposes 1-row matmuls and tunes them to near the bandwidth
+floor). Other kernels, other rounding: its greedy tokens equal the eager ones wherever the choice is not a bf16
+near-tie (``bench/bench_inference.py --check`` reports the margins of every mismatch).
 """
 
 from __future__ import annotations
@@ -82,6 +90,94 @@ def fused_decode_step(lm: nn.Module, cache: StaticCache, tok: torch.Tensor, pos:
     return lm.lm_head(model.norm(h))[:, -1]
 
 
+# ---------------------------------------------------------------------- compiled path: layers as pure functions
+def _rms(h: torch.Tensor, w: torch.Tensor, eps: float) -> torch.Tensor:
+    """LlamaRMSNorm, same operations."""
+    x = h.float()
+    x = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps)
+    return w * x.to(h.dtype)
+
+
+def _rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """apply_rotary_pos_emb for one tensor (B, H, T, hd) with cos/sin (B, T, hd)."""
+    half = x.shape[-1] // 2
+    rot = torch.cat((-x[..., half:], x[..., :half]), dim=-1)
+    return x * cos.unsqueeze(1) + rot * sin.unsqueeze(1)
+
+
+def layer_weights(layer: nn.Module) -> tuple[torch.Tensor, ...]:
+    """(input norm, fused qkv, o, post-attention norm, fused gate/up, down) of a fused Llama layer."""
+    return (layer.input_layernorm.weight, layer._fused_qkv, layer.self_attn.o_proj.weight,
+            layer.post_attention_layernorm.weight, layer._fused_gu, layer.mlp.down_proj.weight)
+
+
+def decode_layer(h, ln1, wqkv, wo, ln2, wgu, wdown, keys, values, cos, sin, slot, mask,
+                 eps: float, nh: int, nkv: int, hd: int, scaling: float) -> torch.Tensor:
+    """One Llama layer for one token at cache ``slot`` (writes its K/V there; attends where ``mask``)."""
+    x = _rms(h, ln1, eps)
+    q, k, v = F.linear(x, wqkv).split([nh * hd, nkv * hd, nkv * hd], dim=-1)
+    q = _rope(q.view(1, 1, nh, hd).transpose(1, 2), cos, sin)
+    k = _rope(k.view(1, 1, nkv, hd).transpose(1, 2), cos, sin)
+    keys.index_copy_(2, slot, k)
+    values.index_copy_(2, slot, v.view(1, 1, nkv, hd).transpose(1, 2))
+    o = F.scaled_dot_product_attention(q, keys, values, attn_mask=mask, scale=scaling, enable_gqa=nkv != nh)
+    h = h + F.linear(o.transpose(1, 2).reshape(1, 1, nh * hd), wo)
+    g, u = F.linear(_rms(h, ln2, eps), wgu).chunk(2, dim=-1)
+    return h + F.linear(F.silu(g) * u, wdown)
+
+
+def prefill_layer(h, ln1, wqkv, wo, ln2, wgu, wdown, keys, values, cos, sin,
+                  eps: float, nh: int, nkv: int, hd: int, scaling: float, last: bool) -> torch.Tensor:
+    """One Llama layer over the whole prompt (T tokens at cache slots 0..T-1, causal). ``last``: return only the
+    last position (the one whose logits are needed); K/V of all positions are still written."""
+    T = h.shape[1]
+    x = _rms(h, ln1, eps)
+    q, k, v = F.linear(x, wqkv).split([nh * hd, nkv * hd, nkv * hd], dim=-1)
+    q = _rope(q.view(1, T, nh, hd).transpose(1, 2), cos, sin)
+    k = _rope(k.view(1, T, nkv, hd).transpose(1, 2), cos, sin)
+    v = v.view(1, T, nkv, hd).transpose(1, 2)
+    keys[:, :, :T].copy_(k)
+    values[:, :, :T].copy_(v)
+    if last:  # one query that sees every key: no mask
+        q, h = q[:, :, -1:], h[:, -1:]
+    o = F.scaled_dot_product_attention(q, k, v, is_causal=not last, scale=scaling, enable_gqa=nkv != nh)
+    h = h + F.linear(o.transpose(1, 2).reshape(1, h.shape[1], nh * hd), wo)
+    g, u = F.linear(_rms(h, ln2, eps), wgu).chunk(2, dim=-1)
+    return h + F.linear(F.silu(g) * u, wdown)
+
+
+def lm_head_logits(h, norm_w, head_w, eps: float) -> torch.Tensor:
+    """Final norm and lm_head of the last position -> (1, vocab) in the model's dtype."""
+    return F.linear(_rms(h[:, -1], norm_w, eps), head_w)
+
+
+def decode_head_logits(h, norm_w, head_w, eps: float) -> torch.Tensor:
+    """:func:`lm_head_logits` under its own name: compiled with other options than the prefill's."""
+    return lm_head_logits(h, norm_w, head_w, eps)
+
+
+_COMPILED: dict[tuple, object] = {}
+
+
+def _compiled(fn, compile: bool | str, decode: bool):
+    """``fn`` through torch.compile, once per process (plain tensors in: one graph serves every layer and decoder
+    instance). ``compile="layers-eager"``: the same functions uncompiled (debugging, CPU tests)."""
+    if compile == "layers-eager":
+        return fn
+    options = {"coordinate_descent_tuning": True} if decode and compile is True else None
+    key = (fn, decode, compile)
+    if key not in _COMPILED:
+        _COMPILED[key] = torch.compile(fn, dynamic=False, fullgraph=True, options=options)
+    return _COMPILED[key]
+
+
+def _layered_ok(lm: nn.Module) -> bool:
+    cfg = lm.model.config
+    layer = lm.model.layers[0]
+    return (getattr(cfg, "hidden_act", "silu") == "silu" and layer.self_attn.o_proj.bias is None
+            and layer.mlp.down_proj.bias is None and lm.lm_head.bias is None)
+
+
 @dataclass
 class _Prefill:
     ids: torch.Tensor  # (1, L) static input ids
@@ -94,7 +190,7 @@ class StaticGreedyDecoder:
 
     def __init__(self, model: PrismaticForActionPrediction, max_text_tokens: int = 128,
                  cuda_graph: bool | None = None, max_graphs: int = 16, compile: bool | str = False,
-                 fused: bool = True):
+                 fused: bool = True, keep_logits: bool = False):
         self.model = model
         self.lm = model.language_model
         cfg = model.config
@@ -118,13 +214,28 @@ class StaticGreedyDecoder:
                 out = self.lm(input_ids=self.tok, position_ids=self.pos, attention_mask=self.mask,
                               past_key_values=self.cache, use_cache=True)
                 return out.logits[:, -1]
-        # optional: inductor-fused elementwise work (norms, rotary, residuals) inside our own CUDA graphs;
-        # compile="max-autotune" also tunes the matrix-vector kernels and compiles the prompt pass (any length)
-        mode = "max-autotune-no-cudagraphs" if compile == "max-autotune" else None
-        self._step = torch.compile(step, dynamic=False, mode=mode) if compile else step
-        self._embed_images = (torch.compile(model.embed_images, dynamic=False, mode=mode) if compile
-                              else model.embed_images)
-        self._prefill_lm = torch.compile(self.lm, dynamic=True) if compile == "max-autotune" else self.lm
+        # compile: True (layers as compiled functions, tuned matrix-vector products in the decode step),
+        # "no-cdt" (the same without coordinate-descent tuning: cuBLAS matrix-vector products), "layers-eager"
+        # (the same functions uncompiled). Without fused weights (quantized, adapters): the whole step compiled.
+        if compile not in (False, True, "no-cdt", "layers-eager"):
+            raise ValueError(f"compile must be False, True, 'no-cdt' or 'layers-eager', not {compile!r}")
+        self.compile = compile
+        self.layered = bool(compile) and self.fused and _layered_ok(self.lm)
+        if self.layered:
+            self._decode_layer = _compiled(decode_layer, compile, decode=True)
+            self._decode_head = _compiled(decode_head_logits, compile, decode=True)
+            self._prefill_layer = _compiled(prefill_layer, compile, decode=False)
+            self._prefill_head = _compiled(lm_head_logits, compile, decode=False)
+            tcfg = cfg.text_config
+            self._dims = dict(eps=float(tcfg.rms_norm_eps), nh=tcfg.num_attention_heads,
+                              nkv=tcfg.num_key_value_heads,
+                              hd=getattr(tcfg, "head_dim", None) or tcfg.hidden_size // tcfg.num_attention_heads,
+                              scaling=float(self.lm.model.layers[0].self_attn.scaling))
+            self._step = self._layered_step
+        else:
+            self._step = torch.compile(step, dynamic=False) if compile and compile != "layers-eager" else step
+        self._embed_images = (torch.compile(model.embed_images, dynamic=False)
+                              if compile and compile != "layers-eager" else model.embed_images)
         d = self.device
         self.tok = torch.zeros((1, 1), dtype=torch.long, device=d)  # token fed at this step
         self.pos = torch.zeros((1, 1), dtype=torch.long, device=d)  # its position (== its cache slot)
@@ -132,10 +243,43 @@ class StaticGreedyDecoder:
         self.mask = torch.zeros((1, 1, 1, self.max_len), dtype=torch.bool, device=d)  # True = may attend
         self.tokens = torch.zeros((self.n,), dtype=torch.long, device=d)
         self.logits = torch.zeros((1, cfg.text_config.vocab_size), dtype=torch.float32, device=d)
+        # every step's logits (checks of near-ties); off by default: one more copy per step
+        self.all_logits = (torch.zeros((self.n, cfg.text_config.vocab_size), dtype=torch.float32, device=d)
+                           if keep_logits else None)
         self.pix: torch.Tensor | None = None
         self.pixel_fn = None  # optional in-graph map from the pixel buffer to pixel_values (GPU normalisation)
         self._prefills: dict[int, _Prefill] = {}
         self._decode_graph: torch.cuda.CUDAGraph | None = None
+
+    # ------------------------------------------------------------------ layered (compiled) bodies
+    def _init_cache(self) -> None:
+        """Allocate the static cache's K/V tensors now (the layered path writes them directly)."""
+        tcfg = self.model.config.text_config
+        d = self._dims
+        kv = torch.zeros((1, d["nkv"], 1, d["hd"]), dtype=self.lm.lm_head.weight.dtype, device=self.device)
+        for layer in self.cache.layers[: tcfg.num_hidden_layers]:
+            if not getattr(layer, "is_initialized", False):
+                layer.lazy_initialization(kv, kv)
+
+    def _layered_prefill(self, embeds: torch.Tensor) -> torch.Tensor:
+        self._init_cache()
+        P = embeds.shape[1]
+        cos, sin = self.lm.model.rotary_emb(embeds, position_ids=torch.arange(P, device=self.device)[None])
+        h = embeds
+        layers = self.lm.model.layers
+        for i, (layer, cl) in enumerate(zip(layers, self.cache.layers, strict=False)):
+            h = self._prefill_layer(h, *layer_weights(layer), cl.keys, cl.values, cos, sin, **self._dims,
+                                    last=i == len(layers) - 1)
+        return self._prefill_head(h, self.lm.model.norm.weight, self.lm.lm_head.weight, self._dims["eps"])
+
+    def _layered_step(self) -> torch.Tensor:
+        h = self.lm.model.embed_tokens(self.tok)
+        cos, sin = self.lm.model.rotary_emb(h, position_ids=self.pos)
+        slot = self.pos.view(-1)
+        for layer, cl in zip(self.lm.model.layers, self.cache.layers, strict=False):
+            h = self._decode_layer(h, *layer_weights(layer), cl.keys, cl.values, cos, sin, slot, self.mask,
+                                   **self._dims)
+        return self._decode_head(h, self.lm.model.norm.weight, self.lm.lm_head.weight, self._dims["eps"])
 
     # ------------------------------------------------------------------ graph bodies (no host syncs)
     def _prefill_body(self, entry: _Prefill, pix: torch.Tensor) -> None:
@@ -147,11 +291,16 @@ class StaticGreedyDecoder:
         emb = self.model.get_input_embeddings()(entry.ids)  # == model.build_inputs_unpadded
         embeds = torch.cat([emb[:, :1], self._embed_images(pix).to(emb.dtype), emb[:, 1:]], dim=1)
         P = embeds.shape[1]
-        out = self._prefill_lm(inputs_embeds=embeds, attention_mask=entry.causal,
-                      position_ids=torch.arange(P, device=self.device)[None], past_key_values=self.cache,
-                      use_cache=True, logits_to_keep=1)
-        logits = out.logits[:, -1].float()
+        if self.layered:
+            logits = self._layered_prefill(embeds).float()
+        else:
+            out = self.lm(inputs_embeds=embeds, attention_mask=entry.causal,
+                          position_ids=torch.arange(P, device=self.device)[None], past_key_values=self.cache,
+                          use_cache=True, logits_to_keep=1)
+            logits = out.logits[:, -1].float()
         self.logits.copy_(logits)
+        if self.all_logits is not None:
+            self.all_logits[:1].copy_(logits)
         first = logits.argmax(-1)  # step 0 is always an action token
         self.tokens[:1].copy_(first)
         self.tok.copy_(first.view(1, 1))
@@ -164,6 +313,8 @@ class StaticGreedyDecoder:
         self.mask.index_fill_(3, self.pos.view(-1), True)
         logits = self._step().float()
         self.logits.copy_(logits)
+        if self.all_logits is not None:
+            self.all_logits.index_copy_(0, self.step, logits)
         nxt = logits.argmax(-1)
         self.tokens.index_copy_(0, self.step, nxt)
         self.tok.copy_(nxt.view(1, 1))
