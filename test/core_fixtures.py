@@ -67,3 +67,17 @@ def save_openvla_layout(out: Path) -> tuple[Path, PrismaticForActionPrediction]:
     (out / "config.json").write_text(json.dumps(raw))
     tok.save_pretrained(out)
     return out, model
+
+
+def save_wrist_proprio(out: Path, seed: int = 3) -> Path:
+    """A tiny random native policy directory that takes the wrist camera and the eef_rot6d_gripper proprio
+    (``extra_images=["wrist"]``, proprio statistics of random poses), one dataset's statistics."""
+    from training.checkpoint import build_model, save_policy
+    from vla_ros.proprio import proprio_statistics, proprio_vector
+
+    rng = np.random.default_rng(0)
+    samples = proprio_vector(rng.normal(0, 0.2, (64, 3)), rng.normal(size=(64, 4)), rng.uniform(0, 0.04, (64, 2)))
+    stats = {"libero_spatial": two_dataset_stats()["libero_spatial"]}
+    model, tok = build_model("test-fused", INSTRUCTIONS, stats, text_vocab_size=300, seed=seed,
+                             extra_images=["wrist"], proprio_stats=proprio_statistics(samples))
+    return save_policy(model, tok, stats, out)

@@ -13,12 +13,12 @@ from typing import Any
 import numpy as np
 import rclpy
 from diagnostic_msgs.msg import DiagnosticArray
-from geometry_msgs.msg import TwistStamped
+from geometry_msgs.msg import PoseStamped, TwistStamped
 from rclpy.action import ActionClient
 from rclpy.executors import MultiThreadedExecutor
 from rclpy.parameter import Parameter
 from rosgraph_msgs.msg import Clock
-from sensor_msgs.msg import Image
+from sensor_msgs.msg import Image, JointState
 from std_msgs.msg import String
 from std_srvs.srv import SetBool
 
@@ -52,6 +52,10 @@ class Harness:
         self.t.create_subscription(PolicyStatus, tp["status"], self._rec(self.statuses), command_qos())
         self.t.create_subscription(DiagnosticArray, tp["diagnostics"], self._rec(self.diagnostics), command_qos())
         self.pub_image = self.t.create_publisher(Image, tp["camera_image"], image_qos("reliable"))
+        # further model inputs, as the sim bridge publishes them (wrist camera, proprio sources)
+        self.pub_wrist = self.t.create_publisher(Image, tp["wrist_image"], image_qos("reliable"))
+        self.pub_joints = self.t.create_publisher(JointState, tp["joint_states"], command_qos())
+        self.pub_pose = self.t.create_publisher(PoseStamped, tp["ee_pose"], command_qos())
         self.pub_instr = self.t.create_publisher(String, tp["instruction"], command_qos())
         self.pub_episode = self.t.create_publisher(EpisodeStatus, tp["episode_status"], command_qos())
         self.pub_clock = self.t.create_publisher(Clock, "/clock", command_qos())

@@ -118,6 +118,27 @@ def test_in_process_and_ros_graph_give_the_same_episode(tiny_with_adapter, tmp_p
 
 
 @pytest.mark.sim
+@pytest.mark.ros
+@pytest.mark.slow
+def test_wrist_and_proprio_checkpoint_gives_the_same_episode_in_process_and_through_the_graph(tmp_path):
+    """The node feeds the wrist camera and the proprio (joint_states + ee_pose, paired by stamp) exactly as the
+    in-process rollout does: same actions, step for step."""
+    pytest.importorskip("robosuite", reason="LIBERO's simulation stack is not installed")
+    pytest.importorskip("rclpy", reason="rclpy (ROS 2) is not installed")
+    from core_fixtures import save_wrist_proprio
+
+    ckpt = save_wrist_proprio(tmp_path / "wrist_proprio")
+    model = ["--backend", "native", "--checkpoint", str(ckpt), "--device", "cpu", "--record-episodes", "0"]
+    local = _eval(tmp_path / "local", *model)
+    ros = _eval(tmp_path / "ros", *model, "--route", "ros")
+    (ep_l,), (ep_r,) = local["episodes"], ros["episodes"]
+    assert ep_l["steps"] == 3 and ep_l["reason"] == "step_limit"
+    assert (ep_r["steps"], ep_r["reason"], ep_r["success"]) == (ep_l["steps"], ep_l["reason"], ep_l["success"])
+    np.testing.assert_allclose(np.array(ep_r["actions"]), np.array(ep_l["actions"]), rtol=0, atol=1e-6)
+    assert not _leftover_children(), "a graph process was left behind"
+
+
+@pytest.mark.sim
 @pytest.mark.slow
 def test_parallel_workers_and_policy_done(tmp_path):
     pytest.importorskip("robosuite", reason="LIBERO's simulation stack is not installed")

@@ -58,7 +58,8 @@ def test_declared_defaults_and_descriptors_agree_with_the_yaml(h):
     for name, spec in SPECS.items():
         assert node.get_parameter(name).value == pytest.approx(defaults[name]), name
         d = node.describe_parameter(name)
-        assert d.type == _TYPES[spec.type], name
+        want = ParameterType.PARAMETER_STRING_ARRAY if spec.type is list and spec.item is str else _TYPES[spec.type]
+        assert d.type == want, name
         assert d.read_only == spec.read_only and d.description, name
         if spec.range is not None and spec.type is float:
             r = d.floating_point_range[0]
@@ -81,6 +82,9 @@ def test_parameter_updates_are_validated(h):
     assert not ok("clamp_low", [2.0] * 6)
     assert not ok("gripper_mode", "sticky")
     assert not ok("gripper_convention", "flipped")
+    assert not ok("gripper_joint_names", ["a", "b"])  # read-only
+    assert not ok("input_sync_tolerance_s", -0.1)
+    assert ok("input_sync_tolerance_s", 0.01) and node._sync_tolerance_s == 0.01
     assert node._cfg.gripper_mode == "continuous" and node._cfg.clamp_low == (-1.0,) * 6
     assert ok("gripper_mode", "binary") and node._cfg.gripper_mode == "binary"
     assert ok("clamp_high", [0.5] * 6) and node._cfg.clamp_high == (0.5,) * 6
@@ -134,6 +138,7 @@ def test_console_script_starts_from_the_params_file_and_stops_on_sigint(h, tmp_p
     ("gripper_mode:=sticky", 2, "gripper_mode"),
     ("control_rate_hz:=0.0", 2, "control_rate_hz"),
     ("image_reliability:=fast", 2, "image_reliability"),
+    ("gripper_joint_names:=[only_one]", 2, "gripper_joint_names"),
     ("backend:=no_such_backend", 1, "no_such_backend"),
 ])
 def test_console_script_refuses_bad_start_parameters(tmp_path, override, code, says):

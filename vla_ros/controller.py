@@ -29,6 +29,7 @@ HOLD_REASONS = (
     "finished",
     "inactive",
     "dry_run",
+    "missing_inputs",  # the model's further inputs (wrist image, proprio) of the image's instant did not come
 )
 GRIPPER_MODES = ("continuous", "binary")
 MOTION_DIMS = 6  # dx, dy, dz, dax, day, daz

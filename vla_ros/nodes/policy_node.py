@@ -11,6 +11,11 @@ Modes: free-running (``lockstep: false``, a real arm): a timer at ``control_rate
 newest frame, holding when it is older than ``image_timeout_s`` on the node clock. Lockstep (a
 simulator): each new observation is answered once, stamped with its image stamp; a re-published
 observation (same stamp) gets the same answer again without a second inference.
+
+Further model inputs (``metadata.extra_images``, ``metadata.proprio_layout``): subscribed after loading, kept by
+header stamp and paired with the main image of a decision (:mod:`vla_ros.nodes.policy_inputs`): equal stamps in
+lockstep, within ``input_sync_tolerance_s`` otherwise. A decision whose inputs have not (yet) arrived waits for
+them briefly, then holds with ``missing_inputs`` and a counted rejection.
 """
 
 from __future__ import annotations
@@ -29,14 +34,14 @@ import rclpy
 import rclpy.exceptions
 import yaml
 from diagnostic_msgs.msg import DiagnosticArray
-from geometry_msgs.msg import TwistStamped
+from geometry_msgs.msg import PoseStamped, TwistStamped
 from rcl_interfaces.msg import SetParametersResult
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
 from rclpy.clock import Clock, ClockType
 from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
 from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
 from rclpy.signals import SignalHandlerOptions
-from sensor_msgs.msg import Image
+from sensor_msgs.msg import Image, JointState
 from std_msgs.msg import String
 from std_srvs.srv import SetBool
 
@@ -54,7 +59,15 @@ from vla_ros.controller import (
 from vla_ros.image_codec import image_msg_to_rgb
 from vla_ros.nodes import policy_params, policy_status
 from vla_ros.nodes.execute_action import GoalHooks, InstructionActionServer
-from vla_ros.nodes.qos import command_qos, image_qos
+from vla_ros.nodes.policy_inputs import (
+    EE_POSE,
+    JOINT_STATES,
+    ExtraInputs,
+    finger_positions,
+    pose_arrays,
+    stamp_ns,
+)
+from vla_ros.nodes.qos import command_qos, image_qos, listener_qos
 from vla_ros.policy import Policy
 from vla_ros_msgs.msg import EpisodeStatus, PolicyStatus, VlaAction
 
@@ -68,6 +81,7 @@ class _Frame:
     stamp: Any  # builtin_interfaces/Time of the image
     key: tuple[int, int]
     recv_ns: int  # node clock at receipt
+    recv_mono: float  # time.monotonic() at receipt: how long a decision waits for its further inputs
     episode_id: int
     step: int
     from_episode: bool  # episode/step came from the bridge's EpisodeStatus
@@ -87,6 +101,8 @@ class VlaPolicyNode(LifecycleNode):
         self._twist_scale: float = p["twist_scale"]
         self._rate_hz: float = p["control_rate_hz"]
         self._lockstep: bool = p["lockstep"]
+        self._sync_tolerance_s: float = p["input_sync_tolerance_s"]
+        self._gripper_joints = tuple(p["gripper_joint_names"])
         self.add_on_set_parameters_callback(self._validate_params)
         self.add_post_set_parameters_callback(self._apply_params)
 
@@ -96,6 +112,9 @@ class VlaPolicyNode(LifecycleNode):
         self._frames: LatestSlot[_Frame] = LatestSlot()
         self._rejections = RejectionLog(self.get_logger().warning, p["rejection_log_quiet_s"])
         self._rate = RateMeter()
+        self._inputs: ExtraInputs | None = None  # the loaded policy's further inputs (None: unconfigured)
+        self._extra_subs: dict[str, Any] = {}  # topic key -> subscription, made when a policy first needs it
+        self._inputs_group = None
         self._reset_state()
         self._enabled: bool = p["start_enabled"]
         self._worker: threading.Thread | None = None
@@ -138,6 +157,11 @@ class VlaPolicyNode(LifecycleNode):
         self._n_inferences = 0
         self._flip_warned = False
         self._frames.clear()
+        # A decision waiting for the further inputs of its image: (frame key, time.monotonic() deadline).
+        self._pending: tuple[tuple[int, int], float] | None = None
+        self._inputs_rejected_key: tuple[int, int] | None = None  # one rejection per observation
+        if self._inputs is not None:
+            self._inputs.clear()
 
     # ------------------------------------------------------------------ lifecycle
     def on_configure(self, state: LifecycleState) -> TransitionCallbackReturn:
@@ -149,10 +173,21 @@ class VlaPolicyNode(LifecycleNode):
             self.get_logger().error(self._last_error)
             return TransitionCallbackReturn.FAILURE
         meta = self._policy.metadata
+        try:
+            inputs = ExtraInputs(meta.extra_images, meta.proprio_layout, topics())
+        except ValueError as exc:
+            self._teardown()  # releases the policy (and resets the state: the error is set after it)
+            self._last_error = f"cannot serve {meta.model_id}: {exc}"
+            self.get_logger().error(self._last_error)
+            return TransitionCallbackReturn.FAILURE
         self.get_logger().info(f"loaded {meta.model_id} ({p['backend']}), action space {meta.action_space.name}, "
-                               f"gripper {meta.gripper_convention}, image flip {meta.image_flip}")
+                               f"gripper {meta.gripper_convention}, image flip {meta.image_flip}"
+                               + (f", further inputs {list(inputs.keys)}" if inputs else ""))
         if not self._interfaces_made:
             self._make_interfaces(p)
+        self._subscribe_inputs(inputs, p)
+        with self._lock:
+            self._inputs = inputs
         self._stop_worker = False
         self._worker = threading.Thread(target=self._worker_loop, name="vla_policy_worker", daemon=True)
         self._worker.start()
@@ -213,7 +248,7 @@ class VlaPolicyNode(LifecycleNode):
         # Status and diagnostics are plain publishers: they also report an inactive or unconfigured node.
         self._pub_status = self.create_publisher(PolicyStatus, t["status"], command_qos())
         self._pub_diag = self.create_publisher(DiagnosticArray, t["diagnostics"], command_qos())
-        inputs = MutuallyExclusiveCallbackGroup()  # short store-and-notify callbacks
+        inputs = self._inputs_group = MutuallyExclusiveCallbackGroup()  # short store-and-notify callbacks
         self.create_subscription(Image, t["camera_image"], self._on_image, image_qos(p["image_reliability"]),
                                  callback_group=inputs)
         self.create_subscription(String, t["instruction"], self._on_instruction, command_qos(), callback_group=inputs)
@@ -233,6 +268,25 @@ class VlaPolicyNode(LifecycleNode):
                 generation=lambda: self._instr_gen, now_s=lambda: self.get_clock().now().nanoseconds * 1e-9,
                 is_active=lambda: self._active))
         self._interfaces_made = True
+
+    def _subscribe_inputs(self, inputs: ExtraInputs, p: dict[str, Any]) -> None:
+        """Subscriptions to the policy's further inputs, made the first time a loaded policy needs them and then
+        kept (see _make_interfaces); a plain image model subscribes to none of them."""
+        t = topics()
+        for key in inputs.keys:
+            if key in self._extra_subs:
+                continue
+            if key == JOINT_STATES:
+                sub = self.create_subscription(JointState, t[key], self._on_joint_states, listener_qos(),
+                                               callback_group=self._inputs_group)
+            elif key == EE_POSE:
+                sub = self.create_subscription(PoseStamped, t[key], self._on_ee_pose, listener_qos(),
+                                               callback_group=self._inputs_group)
+            else:
+                sub = self.create_subscription(Image, t[key], lambda msg, k=key: self._on_extra_image(k, msg),
+                                               image_qos(p["image_reliability"]), callback_group=self._inputs_group)
+            self._extra_subs[key] = sub
+            self.get_logger().info(f"subscribed to {t[key]} ({key}) for the policy's inputs")
 
     def _stop_control(self) -> None:
         """Stop acting, let an inference in flight end, then command one hold (reason inactive)."""
@@ -261,6 +315,7 @@ class VlaPolicyNode(LifecycleNode):
                 self.get_logger().warning(f"policy.close() failed: {exc!r}")
             del policy
         with self._lock:
+            self._inputs = None
             self._reset_state()
         gc.collect()
         torch = sys.modules.get("torch")  # only if a backend imported it: never import torch here
@@ -282,6 +337,7 @@ class VlaPolicyNode(LifecycleNode):
             self._cfg = policy_params.controller_config(values, self._cfg)
             self._dry_run = values.get("dry_run", self._dry_run)
             self._twist_scale = values.get("twist_scale", self._twist_scale)
+            self._sync_tolerance_s = values.get("input_sync_tolerance_s", self._sync_tolerance_s)
         if "control_rate_hz" in values:
             self._rate_hz = values["control_rate_hz"]
             if self._ctl_timer is not None:
@@ -308,10 +364,46 @@ class VlaPolicyNode(LifecycleNode):
         ep = self._episode
         self._frames.put(_Frame(
             rgb=rgb, stamp=msg.header.stamp, key=(msg.header.stamp.sec, msg.header.stamp.nanosec),
-            recv_ns=self.get_clock().now().nanoseconds, episode_id=ep[0] if ep else 0, step=ep[1] if ep else 0,
-            from_episode=ep is not None))
+            recv_ns=self.get_clock().now().nanoseconds, recv_mono=time.monotonic(), episode_id=ep[0] if ep else 0,
+            step=ep[1] if ep else 0, from_episode=ep is not None))
         if self._lockstep:
             self._notify()
+
+    def _store_input(self, key: str, stamp, value) -> None:
+        """Keep a further input by its stamp; wake the worker when a decision may be waiting for it."""
+        inputs = self._inputs
+        if inputs is None or key not in inputs.history:
+            return  # unconfigured, or the loaded policy does not use this input
+        inputs.put(key, stamp_ns(stamp), value)
+        pending = self._pending  # free-running: only a decision still waiting for it, not one per message
+        if self._lockstep or (pending is not None and time.monotonic() < pending[1]):
+            self._notify()
+
+    def _on_extra_image(self, key: str, msg: Image) -> None:
+        try:
+            rgb = image_msg_to_rgb(msg)
+            check_image_size(rgb, self._cfg)
+        except ValueError as exc:
+            self._reject(key, str(exc))
+            return
+        self._store_input(key, msg.header.stamp, rgb)
+
+    def _on_joint_states(self, msg: JointState) -> None:
+        try:
+            fingers = finger_positions(msg.name, msg.position, self._gripper_joints)
+        except ValueError as exc:
+            self._reject(JOINT_STATES, str(exc))
+            return
+        self._store_input(JOINT_STATES, msg.header.stamp, fingers)
+
+    def _on_ee_pose(self, msg: PoseStamped) -> None:
+        p, q = msg.pose.position, msg.pose.orientation
+        try:
+            pose = pose_arrays((p.x, p.y, p.z), (q.x, q.y, q.z, q.w))
+        except ValueError as exc:
+            self._reject(EE_POSE, str(exc))
+            return
+        self._store_input(EE_POSE, msg.header.stamp, pose)
 
     def _on_instruction(self, msg: String) -> None:
         try:
@@ -395,7 +487,11 @@ class VlaPolicyNode(LifecycleNode):
     def _worker_loop(self) -> None:
         while True:
             with self._cv:
-                self._cv.wait_for(lambda: self._stop_worker or self._wake)
+                # A decision waiting for its further inputs is retried at its deadline at the latest.
+                pending = self._pending
+                timeout = pending[1] - time.monotonic() if pending is not None else None
+                self._cv.wait_for(lambda: self._stop_worker or self._wake,
+                                  timeout=timeout if timeout is not None and timeout > 0 else None)
                 if self._stop_worker:
                     return
                 self._wake = False
@@ -438,14 +534,18 @@ class VlaPolicyNode(LifecycleNode):
                     self._publish(self._answered[1])
                 return
         if reason:
+            self._pending = None
             self._hold(frame, reason)
             return
+        inputs = self._further_inputs(frame)
+        if inputs is None:
+            return  # waiting for them, or held
         t0 = time.perf_counter()
         try:
             if reset_seq != self._reset_done:  # a new episode: forget action chunks and caches
                 policy.reset()
                 self._reset_done = reset_seq
-            out = policy.act(frame.rgb, instruction)
+            out = policy.act(frame.rgb, instruction, **inputs)
         except Exception as exc:
             self._last_error = f"inference failed: {exc!r}"
             self._hold(frame, "inference_error", log=self._last_error)
@@ -475,6 +575,38 @@ class VlaPolicyNode(LifecycleNode):
             self._last_gripper = cmd.gripper
             self._own_step += 1
         self._publish(msg, ms)
+
+    def _further_inputs(self, frame: _Frame) -> dict | None:
+        """``policy.act``'s further inputs of the frame's instant ({} for a plain image model), or None when they
+        are missing: then the decision waits (no publish) until they arrive or its deadline passes (lockstep:
+        ``image_timeout_s`` after the observation first came; free-running: ``input_sync_tolerance_s``, then each
+        tick holds until they come or the image goes stale), after which it holds with ``missing_inputs``."""
+        inputs_spec = self._inputs
+        if not inputs_spec:
+            return {}
+        tol_ns = 0 if self._lockstep else round(self._sync_tolerance_s * 1e9)
+        stamp = stamp_ns(frame.stamp)
+        try:
+            inputs, missing = inputs_spec.gather(stamp, tol_ns)
+        except ValueError as exc:  # proprio_vector refused the values
+            inputs, missing, detail = {}, ["proprio"], str(exc)
+        else:
+            detail = inputs_spec.describe_missing(missing, stamp, tol_ns) if missing else ""
+        now = time.monotonic()
+        with self._lock:
+            if not missing:
+                self._pending = None
+                return inputs
+            if self._pending is None or self._pending[0] != frame.key:  # a re-published observation keeps its own
+                wait_s = self._cfg.image_timeout_s if self._lockstep else self._sync_tolerance_s
+                self._pending = (frame.key, frame.recv_mono + wait_s)
+            if now < self._pending[1]:
+                return None  # the worker retries when an input arrives or at the deadline
+            if self._inputs_rejected_key != frame.key:
+                self._inputs_rejected_key = frame.key
+                self._rejections.reject("inputs", detail)
+        self._hold(frame, "missing_inputs")
+        return None
 
     def _hold(self, frame: _Frame | None, reason: str, raw: np.ndarray | None = None, log: str = "",
               ms: float = 0.0) -> None:
@@ -571,7 +703,9 @@ class VlaPolicyNode(LifecycleNode):
         if self._pub_status is None:
             return
         self._pub_status.publish(st)
-        diag = policy_status.diagnostics(st, f"{self.get_name()}: control")
+        with self._lock:
+            by_kind = dict(self._rejections.by_kind)
+        diag = policy_status.diagnostics(st, f"{self.get_name()}: control", by_kind)
         self._pub_diag.publish(diag)
 
 

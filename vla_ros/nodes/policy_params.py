@@ -23,11 +23,13 @@ PARAMS_FILE = "policy_node.yaml"
 
 @dataclass(frozen=True)
 class ParamSpec:
-    type: type  # bool, int, float, str or list (of floats)
+    type: type  # bool, int, float, str or list (of ``item``)
     description: str
     read_only: bool = False
     range: tuple[float, float] | None = None
     choices: tuple[str, ...] | None = None
+    item: type = float  # element type of a list: float (double[]) or str (string[])
+    length: int | None = None  # a list's required length
 
     def descriptor(self, name: str) -> ParameterDescriptor:
         d = ParameterDescriptor(name=name, description=self.description, read_only=self.read_only)
@@ -66,6 +68,9 @@ SPECS: dict[str, ParamSpec] = {
     "base_frame": ParamSpec(str, "frame_id of the actions and twists (the robot base frame).", **_RO),
     "rejection_log_quiet_s": ParamSpec(float, "Rejections closer than this form one burst, logged once.",
                                        range=(0.0, 3600.0), **_RO),
+    "gripper_joint_names": ParamSpec(list, "The two finger joints in sensor_msgs/JointState whose positions form "
+                                     "the gripper part of the proprio (models with proprio input only).",
+                                     item=str, length=2, **_RO),
     # ---- run time
     "control_rate_hz": ParamSpec(float, "Free-running control timer rate.", range=(0.1, 1000.0)),
     "image_timeout_s": ParamSpec(float, "A frame older than this (node clock) is stale: hold.", range=(0.001, 3600.0)),
@@ -84,6 +89,9 @@ SPECS: dict[str, ParamSpec] = {
     "max_instruction_chars": ParamSpec(int, "Longer instructions are rejected.", range=(1, 100000)),
     "min_image_side": ParamSpec(int, "Images with a smaller side are rejected.", range=(1, 65535)),
     "max_image_side": ParamSpec(int, "Images with a larger side are rejected.", range=(1, 65535)),
+    "input_sync_tolerance_s": ParamSpec(float, "Free-running: wrist image / joint states / pose are paired with "
+                                        "the main image if their stamp is within this (lockstep: equal stamps).",
+                                        range=(0.0, 10.0)),
 }
 
 # Parameters that are fields of ControllerConfig (same names).
@@ -100,7 +108,7 @@ def _typed(name: str, value: Any) -> Any:
     if spec.type is float:
         return float(value)
     if spec.type is list:
-        return [float(v) for v in value]
+        return [spec.item(v) for v in value]
     return value
 
 
@@ -117,6 +125,10 @@ def check_choice(name: str, value: Any) -> None:
     spec = SPECS[name]
     if spec.choices is not None and value not in spec.choices:
         raise ValueError(f"{name}={value!r} not in {spec.choices}")
+    if spec.length is not None and len(value) != spec.length:
+        raise ValueError(f"{name} needs {spec.length} values, got {list(value)!r}")
+    if spec.type is list and spec.item is str and not all(isinstance(v, str) and v.strip() for v in value):
+        raise ValueError(f"{name} needs non-empty names, got {list(value)!r}")
 
 
 def controller_config(values: dict[str, Any], base: ControllerConfig | None = None) -> ControllerConfig:

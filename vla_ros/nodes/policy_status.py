@@ -27,8 +27,11 @@ def state_of(configured: bool, active: bool, finished: bool, last_reason: str) -
     return PolicyStatus.STATE_ACTIVE, ""
 
 
-def diagnostics(st: PolicyStatus, name: str) -> DiagnosticArray:
-    """The status as one DiagnosticStatus: OK while acting, ERROR on model failures, WARN otherwise."""
+def diagnostics(st: PolicyStatus, name: str, rejected_by_kind: dict[str, int] | None = None) -> DiagnosticArray:
+    """The status as one DiagnosticStatus: OK while acting, ERROR on model failures, WARN otherwise.
+
+    ``rejected_by_kind`` adds one ``rejected_<kind>`` value per kind of rejected input (image, instruction,
+    wrist_image, joint_states, ee_pose, inputs = an observation whose further inputs never paired)."""
     level = {PolicyStatus.STATE_ACTIVE: DiagnosticStatus.OK, PolicyStatus.STATE_ERROR: DiagnosticStatus.ERROR}
     diag = DiagnosticArray()
     diag.header.stamp = st.header.stamp
@@ -39,5 +42,7 @@ def diagnostics(st: PolicyStatus, name: str) -> DiagnosticArray:
             ("instruction", st.instruction), ("mean_inference_ms", f"{st.mean_inference_ms:.2f}"),
             ("control_rate_hz", f"{st.control_rate_hz:.2f}"), ("actions_published", st.actions_published),
             ("holds_published", st.holds_published), ("dropped_frames", st.dropped_frames),
-            ("rejected_inputs", st.rejected_inputs), ("last_error", st.last_error))])]
+            ("rejected_inputs", st.rejected_inputs),
+            *((f"rejected_{k}", n) for k, n in sorted((rejected_by_kind or {}).items())),
+            ("last_error", st.last_error))])]
     return diag
