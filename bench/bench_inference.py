@@ -3,7 +3,8 @@
 Not a test. Random weights are fine (``--preset``), or a checkpoint directory (``--path``). On CUDA it also
 compares the greedy tokens of each path with the unoptimised one (the plain dynamic-cache loop) on ``--check``
 random inputs, and for every mismatch reports the reference's top-1/top-2 logit margin at the differing step
-(random weights give near-tied bf16 logits: such a flip is rounding, not a wrong kernel).
+(random weights give near-tied bf16 logits: such a flip is rounding, not a wrong kernel). ``--planted-margin``
+repeats the check after giving each of the reference's decisions a large margin in the lm_head rows alone.
 
     python bench/bench_inference.py --preset openvla-7b --device cuda --precision bf16 --modes fast,eager
     python bench/bench_inference.py --preset tiny-128 --device cpu --threads 2
@@ -134,16 +135,20 @@ def check_identical(policy, images: list[np.ndarray], modes: list[str], referenc
     res: dict = {"n_inputs": len(images), "reference": reference, "steps": int(ref[0][0].shape[0]),
                  "distinct_reference_outputs": len({tuple(t.tolist()) for t, _ in ref})}
     margins = [[_margin(lg) for lg in ref[i][1]] for i in range(len(images))]
+    res["ref_tokens"] = [t.tolist() for t, _ in ref]
+    res["ref_min_margin"] = round(min(m for mm in margins for m, _ in mm), 6)
     res["ref_min_margin_per_input"] = [round(min(m for m, _ in mm), 6) for mm in margins]
     res["ref_min_margin_ulp_per_input"] = [round(min(u for _, u in mm), 1) for mm in margins]
     res["pairs"] = {}
     for m in runs:
         if m == reference:
             continue
-        same, mism, d0 = 0, [], []
+        same, mism, d0, dmax = 0, [], [], 0.0
         for i, ((rt, rl), (ct, cl)) in enumerate(zip(ref, runs[m], strict=True)):
             d0.append(float(np.abs(rl[0] - cl[0]).max()))  # step 0: same inputs for every path
             diff = np.nonzero(rt != ct)[0]
+            last = int(diff[0]) if diff.size else len(rt) - 1  # steps with the same inputs in both paths
+            dmax = max(dmax, float(np.abs(rl[: last + 1] - cl[: last + 1]).max()))
             if diff.size == 0:
                 same += 1
                 continue
@@ -154,7 +159,8 @@ def check_identical(policy, images: list[np.ndarray], modes: list[str], referenc
                          "max_abs_logit_diff": round(float(np.abs(rl[t] - cl[t]).max()), 6)})
         res["pairs"][f"{m} vs {reference}"] = {
             "identical": same, "of": len(images), "step0_max_abs_logit_diff_median": round(statistics.median(d0), 6),
-            "step0_max_abs_logit_diff_max": round(max(d0), 6), "mismatches": mism}
+            "step0_max_abs_logit_diff_max": round(max(d0), 6), "max_abs_logit_diff": round(dmax, 6),
+            "mismatches": mism}
     # The noise floor: how far two unoptimised implementations of the same model (dynamic vs static cache, eager)
     # are apart. An input is "decided" when every reference margin exceeds twice the floor: a path whose logits
     # are within the floor of the reference cannot flip a greedy choice there.
@@ -168,6 +174,42 @@ def check_identical(policy, images: list[np.ndarray], modes: list[str], referenc
             p["identical_on_decided"] = sum(i not in bad for i in decided)
             p["decided"] = len(decided)
     return res
+
+
+@torch.inference_mode()
+def plant_margins(policy, images: list[np.ndarray], margin: float) -> tuple[np.ndarray, torch.Tensor, torch.Tensor]:
+    """Give every greedy decision of the reference on ``images`` a logit margin of at least ``margin``.
+
+    Runs the unoptimised loop (``eager``) once, recording each step's final hidden state h (the input of lm_head)
+    and its chosen token t, then changes only the lm_head rows of the chosen tokens: the minimum-norm change
+    (pseudo-inverse of the recorded h's) that raises row t's logit by ``margin`` at each h where t was chosen and
+    leaves every changed row's logit at every other recorded h as it was (plain ``margin * h/|h|**2`` per
+    decision would leak into the other decisions where h's are correlated). The rest of the model is untouched and
+    lm_head does not feed back into h, so the reference sequences stay the same, each decision now ahead by
+    >= ``margin``. Returns (tokens (N, n), changed rows, their old values) for :func:`unplant`."""
+    w = policy.model.language_model.lm_head.weight
+    hs: list[torch.Tensor] = []
+    hook = policy.model.language_model.lm_head.register_forward_hook(
+        lambda mod, inp, out: hs.append(inp[0][0, -1].double().clone()))
+    try:
+        toks = np.stack([tokens_and_logits(policy, "eager", {}, img)[0] for img in images])
+    finally:
+        hook.remove()
+    H = torch.stack(hs)  # (N * n, d), in decision order
+    if H.shape[0] != toks.size:
+        raise RuntimeError(f"recorded {H.shape[0]} hidden states for {toks.size} decisions")
+    rows, which = torch.unique(torch.as_tensor(toks.reshape(-1), device=w.device), return_inverse=True)
+    target = torch.zeros((rows.numel(), H.shape[0]), dtype=torch.float64, device=w.device)
+    target[which, torch.arange(H.shape[0], device=w.device)] = margin
+    delta = target @ torch.linalg.pinv(H.T)  # (rows, d): delta @ H.T == target
+    old = w.data[rows].clone()
+    w.data[rows] = (old.double() + delta).to(w.dtype)
+    return toks, rows, old
+
+
+@torch.inference_mode()
+def unplant(policy, rows: torch.Tensor, old: torch.Tensor) -> None:
+    policy.model.language_model.lm_head.weight.data[rows] = old
 
 
 @torch.inference_mode()
@@ -238,6 +280,14 @@ def main(argv: list[str] | None = None) -> int:
                          "top-2 gap is a few bf16 ulps of the top value, so any kernel change flips greedy picks "
                          "(scaling all logits does not help: the rounding scales with them); heavy-tailed logits, "
                          "like a trained model's, put most margins far above the rounding")
+    ap.add_argument("--planted-margin", type=float, default=0.0, metavar="LOGITS",
+                    help="repeat the identity check with planted margins: record the eager reference's hidden "
+                         "state and token at every step on the --check images, then change only the chosen tokens' "
+                         "lm_head rows so each of those decisions leads by >= LOGITS (the sequences stay the same; "
+                         "undone after). Makes identity well-posed on random weights, as on a trained model whose "
+                         "decisions are far above bf16 noise; replaces the plain check. --unseen M also checks M "
+                         "images not planted (their margins stay near the random weights' ones)")
+    ap.add_argument("--unseen", type=int, default=0, help="with --planted-margin: images checked but not planted")
     ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch's default)")
     ap.add_argument("--json", help="append the result as one JSON line to this file")
     args = ap.parse_args(argv)
@@ -260,7 +310,8 @@ def main(argv: list[str] | None = None) -> int:
     load_s = time.perf_counter() - t0
     peak_load = _peak_mb(device)
     rng = np.random.default_rng(0)
-    images = [rng.integers(0, 256, (256, 256, 3), dtype=np.uint8) for _ in range(max(4, args.check))]
+    n_img = max(4, args.check + (args.unseen if args.planted_margin else 0))
+    images = [rng.integers(0, 256, (256, 256, 3), dtype=np.uint8) for _ in range(n_img)]
     n_prompt = int(policy.processor.tokenize([policy.processor.prompt(INSTRUCTION)])[0].shape[1])
     result = {
         "model": args.path or f"preset:{args.preset} (random weights)", "device": device,
@@ -278,11 +329,12 @@ def main(argv: list[str] | None = None) -> int:
         check_modes = ["static-eager", *[m for m in modes if m not in ("eager", "static-eager")]]
         if not device.startswith("cuda"):
             check_modes = [m for m in check_modes if "compiled" not in m]
-        try:
-            result["identity"] = check_identical(policy, images[: args.check], check_modes)
-        except Exception as exc:
-            result["identity"] = {"error": repr(exc)}
-        print(json.dumps(result["identity"]), flush=True)
+        if not args.planted_margin:  # with it, the unseen images are the plain check
+            try:
+                result["identity"] = check_identical(policy, images[: args.check], check_modes)
+            except Exception as exc:
+                result["identity"] = {"error": repr(exc)}
+            print(json.dumps(result["identity"]), flush=True)
         if args.peaked:
             w = policy.model.language_model.lm_head.weight
             rank = torch.randperm(w.shape[0], generator=torch.Generator().manual_seed(0)).to(w.device)
@@ -295,6 +347,24 @@ def main(argv: list[str] | None = None) -> int:
             finally:
                 w.data.div_(scale)
             print(json.dumps({"identity_peaked": result["identity_peaked"]}), flush=True)
+        if args.planted_margin:
+            pl: dict = {"margin": args.planted_margin}
+            rows = None
+            try:
+                toks, rows, old = plant_margins(policy, images[: args.check], args.planted_margin)
+                pl["planted_rows"] = int(rows.numel())
+                pl["planted"] = check_identical(policy, images[: args.check], check_modes)
+                pl["reference_unchanged"] = pl["planted"]["ref_tokens"] == toks.tolist()
+                if args.unseen:
+                    pl["unseen"] = check_identical(policy, images[args.check: args.check + args.unseen],
+                                                   check_modes)
+            except Exception as exc:
+                pl["error"] = repr(exc)
+            finally:
+                if rows is not None:
+                    unplant(policy, rows, old)
+            result["identity_planted"] = pl
+            print(json.dumps({"identity_planted": pl}), flush=True)
         gc.collect()  # the check's decoders (reference cycles) must not count toward the policy's peak
         if device.startswith("cuda"):
             torch.cuda.empty_cache()
