@@ -177,3 +177,23 @@ def test_remote_backend_carries_wrist_and_proprio(tmp_path) -> None:
         server.shutdown()
         server.server_close()
         thread.join(5)
+
+
+def test_done_confirmations_need_consecutive_done_decisions(tmp_path) -> None:
+    path = save_tiny(tmp_path / "done", "tiny-128", predict_done=True, done_token_ids=[5, 6])
+    policy = load_policy("native", str(path), device="cpu", unnorm_key="libero_spatial", done_confirmations=3)
+    said = iter([True, False, True, True, True, True])
+
+    def fake_tokens(images, instructions, **_):
+        ids = policy.model.config.done_token_ids
+        row = np.full(policy.model.config.n_action_tokens, policy.model.action_tokenizer.vocab_size - 128)
+        row[-1] = ids[1] if next(said) else ids[0]
+        return row[None]
+
+    policy.decode_tokens = fake_tokens
+    img = np.zeros((128, 128, 3), np.uint8)
+    assert [policy.act(img, INSTR).done for _ in range(5)] == [False, False, False, False, True]
+    policy.reset()  # a new episode starts a new streak
+    assert policy.act(img, INSTR).done is False
+    with pytest.raises(ValueError, match="done_confirmations"):
+        load_policy("native", str(path), device="cpu", unnorm_key="libero_spatial", done_confirmations=0)

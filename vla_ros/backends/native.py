@@ -65,6 +65,8 @@ class PrismaticPolicy(Policy):
         self.compile = bool(compile)
         self._decoder: StaticGreedyDecoder | None = None
         self._queue: deque[PolicyOutput] = deque()
+        # consecutive model decisions that said done; the policy declares done at config.done_confirmations
+        self._done_streak = 0
         self.metadata = PolicyMetadata(
             model_id=model_id or "native",
             action_space=ActionSpace.from_dict(cfg.action_space),
@@ -128,6 +130,12 @@ class PrismaticPolicy(Policy):
         actions, done = self.model.tokens_to_actions(tokens)
         actions = self.normalizer.unnormalize(actions)  # (B, K, D) float64
         chunk = actions.shape[1]
+        if len(images) == 1:
+            # An isolated "done" is more often a misjudged frame than the end of the task: with
+            # done_confirmations N the episode ends only after N decisions in a row said so (the actions of
+            # the unconfirmed ones are executed as usual). Batched calls have no episode, hence no streak.
+            self._done_streak = self._done_streak + 1 if done[0] else 0
+            done = np.array([self._done_streak >= self.model.config.done_confirmations])
         if len(images) == 1 and chunk > 1:
             outs = [PolicyOutput(actions[0, k].copy(), done=bool(done[0]) and k == chunk - 1) for k in range(chunk)]
             self._queue.extend(outs[1:])
@@ -136,6 +144,7 @@ class PrismaticPolicy(Policy):
 
     def reset(self) -> None:
         self._queue.clear()
+        self._done_streak = 0
 
     def close(self) -> None:
         self._decoder = None
@@ -165,9 +174,11 @@ def random_policy(preset: str, device: str | None = "auto", dtype: torch.dtype |
 def load(path: str | None = None, device: str | None = "auto", dtype: str | torch.dtype | None = None,
          quantization: str | None = "none", adapter: str | None = None, merge_adapter: bool = False,
          unnorm_key: str | None = None, center_crop: bool | None = None, fast: bool = True, seed: int = 0,
-         compile: bool = False, threads: int | None = None, done_threshold: float | None = None) -> PrismaticPolicy:
-    """``done_threshold``: probability the done token needs (against continue) to end the episode; the
-    checkpoint's ``config.done_threshold`` (0.5, plain argmax) when None."""
+         compile: bool = False, threads: int | None = None, done_threshold: float | None = None,
+         done_confirmations: int | None = None) -> PrismaticPolicy:
+    """``done_threshold``: probability the done token needs (against continue) to count as a done decision;
+    ``done_confirmations``: consecutive done decisions that end the episode. None: the checkpoint's
+    ``config.done_threshold`` / ``config.done_confirmations`` (defaults 0.5 and 1: the plain argmax)."""
     if threads:  # CPU: on a loaded 2-core machine 1 thread avoids OpenMP spin-waiting (see docs/core.md)
         torch.set_num_threads(int(threads))
     if not path:
@@ -181,5 +192,9 @@ def load(path: str | None = None, device: str | None = "auto", dtype: str | torc
         if not 0.0 < float(done_threshold) < 1.0:
             raise ValueError(f"done_threshold must be in (0, 1), got {done_threshold}")
         model.config.done_threshold = float(done_threshold)
+    if done_confirmations is not None:
+        if int(done_confirmations) < 1:
+            raise ValueError(f"done_confirmations must be >= 1, got {done_confirmations}")
+        model.config.done_confirmations = int(done_confirmations)
     return PrismaticPolicy(model, processor, unnorm_key=unnorm_key, fast=fast, model_id=str(Path(path).name),
                            compile=compile)

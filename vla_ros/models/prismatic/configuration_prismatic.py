@@ -81,6 +81,7 @@ class PrismaticConfig(PretrainedConfig):
         extra_images: list[str] | None = None,
         proprio_stats: dict | None = None,
         done_threshold: float = 0.5,
+        done_confirmations: int = 1,
         **kwargs,
     ):
         if isinstance(text_config, dict):
@@ -116,6 +117,7 @@ class PrismaticConfig(PretrainedConfig):
         # P(done | done or continue) needed to declare the episode finished: above 0.5 trades a later stop
         # for fewer premature ones (a false "done" ends an episode as a failure)
         self.done_threshold = float(done_threshold)
+        self.done_confirmations = int(done_confirmations)  # consecutive done decisions that end an episode
         self.extra_images = list(extra_images or [])
         self.proprio_stats = dict(proprio_stats) if proprio_stats else None
         if self.proprio_stats and len(self.proprio_stats.get("mean", [])) != len(self.proprio_stats.get("std", [])):
