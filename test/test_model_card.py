@@ -29,8 +29,8 @@ def test_model_card_tables_and_commands(tmp_path):
     eps = [_episode(0, 0, True, "policy_done"), _episode(0, 1, True, "success"),
            _episode(1, 0, False, "step_limit"), _episode(1, 1, True, "policy_done")]
     report = build_report(eps, {"checkpoint": "models/x", "suite": "libero_spatial", "episodes_per_task": 2,
-                                "seed": 7, "route": "ros", "image_size": 128, "end_on_success": False,
-                                "workers": 2, "backend_options": {}})
+                                "seed": 7, "route": "ros", "image_size": 128, "no_end_on_success": True,
+                                "workers": 2, "backend_options": "{threads: 1}"})
     rep = tmp_path / "report.json"
     rep.write_text(json.dumps(report))
     assert model_card_main(["--checkpoint", str(ckpt), "--eval", str(rep)]) == 0
@@ -39,6 +39,7 @@ def test_model_card_tables_and_commands(tmp_path):
     assert "**3/4 (75.0%)**" in card
     assert "| 1/2 |" in card and "2/3 |" in card  # successes ended by the policy's own done: task 0, overall
     assert ("vla-ros eval --checkpoint models/x --suite libero_spatial --episodes-per-task 2 --seed 7 --route ros "
-            "--image-size 128 --no-end-on-success --workers 2") in card
+            "--image-size 128 --no-end-on-success --backend-options \"{threads: 1}\" --workers 2") in card
+    assert "end only by the policy's `done`" in card
     assert "10.0 GPU-minutes" in card and "vla-ros train --data d --preset tiny-128" in card
     assert "+ wrist camera + proprio (`eef_rot6d_gripper`)" in card

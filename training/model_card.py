@@ -34,22 +34,30 @@ def success_table(report: Mapping) -> str:
     return "\n".join(rows)
 
 
+def _ends_on_success(cfg: Mapping) -> bool:
+    """The eval's ending rule, as ``vla-ros eval`` records it (``no_end_on_success``)."""
+    if "no_end_on_success" in cfg:
+        return not cfg["no_end_on_success"]
+    return bool(cfg.get("end_on_success", True))
+
+
 def eval_command(cfg: Mapping) -> str:
     """The ``vla-ros eval`` command line that reproduces a report (from its recorded configuration)."""
     parts = ["vla-ros eval", f"--checkpoint {cfg.get('checkpoint')}", f"--suite {cfg.get('suite')}",
              f"--episodes-per-task {cfg.get('episodes_per_task')}", f"--seed {cfg.get('seed')}",
              f"--route {cfg.get('route')}", f"--image-size {cfg.get('image_size')}"]
-    if not cfg.get("end_on_success", True):
+    if not _ends_on_success(cfg):
         parts.append("--no-end-on-success")
-    if cfg.get("backend_options"):
-        parts.append(f"--backend-options '{json.dumps(cfg['backend_options'])}'")
+    opts = cfg.get("backend_options")
+    if opts:
+        parts.append(f'--backend-options "{opts if isinstance(opts, str) else json.dumps(opts)}"')
     if cfg.get("workers", 1) != 1:
         parts.append(f"--workers {cfg['workers']}")
     return " ".join(parts)
 
 
 def build_card(checkpoint: Path, reports: list[Path], generation_report: Path | None, title: str,
-               notes: str = "") -> str:
+               notes: str = "", train_minutes: float | None = None) -> str:
     cfg = _read(checkpoint / "config.json")
     meta = _read(checkpoint / "training_meta.json")
     result = _read(checkpoint / "train_result.json")
@@ -88,13 +96,14 @@ def build_card(checkpoint: Path, reports: list[Path], generation_report: Path | 
                   f"- command: `vla-ros generate-demos --suites {' '.join(suites)} --demos-per-task "
                   f"{gc.get('demos_per_task')} --seed {gc.get('seed')} --noise {gc.get('noise_std')} "
                   f"--max-len-frac {gc.get('max_len_frac')} --workers 2 --out {gc.get('out')}`", ""]
+    minutes = train_minutes if train_minutes is not None else result.get("wall_s", 0) / 60
     lines += ["## Training", "",
               f"- command: `{meta.get('command_line', 'vla-ros train')}`",
               f"- {result.get('step', '?')} optimizer steps of batch {loop.get('batch_size')} x "
               f"{loop.get('grad_accum')}, lr {loop.get('lr')} ({loop.get('schedule')}, warm-up "
               f"{loop.get('warmup_steps')}), {meta.get('samples')} training samples, augmentation "
               f"{meta.get('augment')}",
-              f"- cost: {result.get('wall_s', 0) / 60:.1f} GPU-minutes ({meta.get('device', 'one GPU')}); final "
+              f"- cost: {minutes:.1f} GPU-minutes ({meta.get('device', 'one GPU')}); final "
               f"action-token accuracy {result.get('action_accuracy', float('nan')):.3f}, "
               f"L1 {result.get('action_l1', float('nan')):.4f}", ""]
     for path in reports:
@@ -103,7 +112,7 @@ def build_card(checkpoint: Path, reports: list[Path], generation_report: Path | 
             continue
         c = rep["config"]
         ending = ("episodes end only by the policy's `done` or the step limit (`--no-end-on-success`): success "
-                  "is the goal holding when the policy stops" if not c.get("end_on_success", True)
+                  "is the goal holding when the policy stops" if not _ends_on_success(c)
                   else "episodes end at the simulator's success check (the literature's protocol)")
         lines += [f"## Success: {c.get('suite')} ({c.get('route')} route)", "",
                   f"Fixed init states 0..{c.get('episodes_per_task', 0) - 1} of every task, seed {c.get('seed')}, "
@@ -121,9 +130,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--title", default="vla_ros_libero_small")
     p.add_argument("--notes", type=Path, default=None, help="a markdown file appended as Notes")
     p.add_argument("--out", type=Path, default=None, help="default: <checkpoint>/README.md")
+    p.add_argument("--train-minutes", type=float, default=None,
+                   help="training wall time when the run was resumed (train_result.json holds the last part)")
     a = p.parse_args(argv)
     notes = a.notes.read_text() if a.notes else ""
-    card = build_card(a.checkpoint, list(a.eval), a.generation_report, a.title, notes)
+    card = build_card(a.checkpoint, list(a.eval), a.generation_report, a.title, notes, a.train_minutes)
     out = a.out or a.checkpoint / "README.md"
     out.write_text(card)
     print(f"wrote {out}")
