@@ -97,3 +97,20 @@ def test_train_cli_with_wrist_and_proprio(tmp_path):
     a = policy.predict(img, "put the bowl on the plate", extra_images={"wrist": img},
                        proprio=np.zeros(11) + np.asarray(cfg["proprio_stats"]["mean"]))
     assert a.shape == (7,)
+
+
+def test_train_init_from_continues_from_a_policy(tmp_path):
+    from safetensors.numpy import load_file
+
+    from training.train import main
+
+    _write(tmp_path / "data" / "task.hdf5", [_episode(0), _episode(1)])
+    common = ["--data", str(tmp_path / "data"), "--preset", "test-fused", "--batch-size", "4", "--no-progress",
+              "--text-vocab-size", "300", "--wrist"]
+    assert main([*common, "--out", str(tmp_path / "a"), "--steps", "2"]) == 0
+    assert main([*common, "--out", str(tmp_path / "b"), "--steps", "1", "--lr", "1e-12",
+                 "--init-from", str(tmp_path / "a")]) == 0
+    a, b = load_file(tmp_path / "a" / "model.safetensors"), load_file(tmp_path / "b" / "model.safetensors")
+    assert a.keys() == b.keys()
+    assert max(float(np.abs(a[k] - b[k]).max()) for k in a) < 1e-6  # the weights it started from, not a new init
+    assert json.loads((tmp_path / "b" / "config.json").read_text())["extra_images"] == ["wrist"]

@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 
 from training.batching import ActionBatchCollator, AugmentConfig
-from training.checkpoint import build_model, save_policy
+from training.checkpoint import build_model, load_trainable, save_policy
 from training.loop import LoopConfig, Trainer, count_params, resume_path
 from vla_ros.models.prismatic import PRESETS, PrismaticProcessor
 from vla_ros.normalization import ActionNormalizer, select_unnorm_key
@@ -99,6 +99,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--proprio", action="store_true", help="also feed proprio (vla_ros.proprio's vector)")
     p.add_argument("--unnorm-key", default=None, help="statistics key when the dataset has several")
     p.add_argument("--text-vocab-size", type=int, default=512)
+    p.add_argument("--init-from", type=Path, default=None,
+                   help="start from this policy directory's weights and tokenizer (fresh optimizer and schedule; "
+                        "its inputs, chunk and done token are kept; the data must have the same statistics key)")
     add_loop_args(p, batch_size=32, grad_accum=1, lr=3e-4, steps=2000, schedule="cosine", warmup=100)
     return p
 
@@ -127,8 +130,18 @@ def main(argv: list[str] | None = None) -> int:
             print("vla-ros train: --proprio needs a dataset with ee_states/gripper_states", file=sys.stderr)
             return 2
         inputs["proprio_stats"] = proprio_statistics(dataset.proprio_array())
-    model, tokenizer = build_model(a.preset, instructions, stats, text_vocab_size=a.text_vocab_size,
-                                   predict_done=a.predict_done, action_chunk=a.action_chunk, seed=a.seed, **inputs)
+    if a.init_from is not None:
+        # continue a finished run with a new schedule: the architecture and the tokenizer come from it
+        model, tokenizer, old_stats = load_trainable(a.init_from, device="cpu")
+        if list(old_stats) != [key]:
+            print(f"vla-ros train: --init-from {a.init_from} has statistics {list(old_stats)}, the data {key!r}",
+                  file=sys.stderr)
+            return 2
+        model.config.norm_stats = stats
+    else:
+        model, tokenizer = build_model(a.preset, instructions, stats, text_vocab_size=a.text_vocab_size,
+                                       predict_done=a.predict_done, action_chunk=a.action_chunk, seed=a.seed,
+                                       **inputs)
     processor = PrismaticProcessor(tokenizer, model.config)
     data_gripper = stats[key].get("gripper_convention", "libero_sign")
     model.config.gripper_convention = data_gripper  # a model trained from scratch emits what its data holds
@@ -139,6 +152,7 @@ def main(argv: list[str] | None = None) -> int:
     argv_used = sys.argv[1:] if argv is None else argv
     meta = {"command": "train", "command_line": "vla-ros train " + shlex.join(argv_used), "preset": a.preset,
             "data": a.data or f"synthetic:{a.synthetic}",
+            "init_from": str(a.init_from) if a.init_from else None,
             "samples": len(dataset), "augment": bool(a.augment), "wrist": bool(a.wrist), "proprio": bool(a.proprio),
             "action_chunk": a.action_chunk, "predict_done": bool(a.predict_done),
             "device": torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu"}
