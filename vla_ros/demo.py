@@ -53,6 +53,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--init-state-id", type=int, default=0)
     parser.add_argument("--image-size", type=int, default=128, help="camera size (128 keeps 2 CPU cores fast)")
     parser.add_argument("--max-steps", type=int, default=0, help="0: the suite's step limit")
+    parser.add_argument("--seed", type=int, default=7,
+                        help="simulator seed; 7 is the evaluation protocol's (vla-ros eval, OpenVLA's run_libero_eval)")
     parser.add_argument("--model", default="", help="checkpoint directory (default: the bundled model)")
     parser.add_argument("--backend", default="native")
     parser.add_argument("--output", default=str(REPO / "outputs" / "demo"), help="where the mp4 goes")
@@ -78,7 +80,8 @@ def main(argv: list[str] | None = None) -> int:
 
     values = {"suite": opts.suite, "task_id": str(opts.task_id), "init_state_id": str(opts.init_state_id),
               "model": str(model), "backend": opts.backend, "step_mode": "lockstep",
-              "image_size": str(opts.image_size), "max_steps": str(opts.max_steps), "record": str(output)}
+              "image_size": str(opts.image_size), "max_steps": str(opts.max_steps), "record": str(output),
+              "seed": str(opts.seed)}
     nodes = resolve_graph(load_graph("libero_sim"), values)
     print(f"[demo] vla-ros launch libero_sim {' '.join(f'{k}:={v}' for k, v in values.items())}")
 
