@@ -76,7 +76,7 @@ class PrismaticPolicy(Policy):
             action_dim=cfg.action_dim,
             predicts_done=cfg.predict_done,
             extra_images=tuple(cfg.extra_images),
-            proprio_layout=(cfg.proprio_stats or {}).get("layout", "") if cfg.proprio_stats else "",
+            proprio_layout=(cfg.proprio_stats or {}).get("layout", ""),
             extra={"unnorm_key": self.unnorm_key, "action_chunk": cfg.action_chunk, "backend": "native",
                    "center_crop": processor.center_crop},
         )
