@@ -46,3 +46,30 @@ def test_two_processes_match_one_process_with_the_same_global_batch(tmp_path):
     # the weights did move between step 1 and step 3, so the match above is not trivial
     step1 = torch.load(one / "checkpoints" / "step_0000001" / "trainable.pt", weights_only=True)
     assert any(not torch.allclose(step1[k], a[k.removeprefix("")]) for k in step1 if k in a)
+
+
+_SKEWED_CLOCK = '''
+import os, runpy, sys, time
+if os.environ.get("RANK") == "1":  # this rank's clock runs 1000x fast: its time-based saves fall due alone
+    _real = time.monotonic
+    _t0 = _real()
+    time.monotonic = lambda: _t0 + (_real() - _t0) * 1000.0
+sys.argv = ["training.train", *sys.argv[1:]]
+runpy.run_module("training.train", run_name="__main__")
+'''
+
+
+@pytest.mark.slow
+def test_time_based_saves_are_decided_together_across_processes(tmp_path):
+    """Each process reads its own clock; if one alone decided to save it would wait in the save barrier while
+    the other waits in the next step's all-reduce (a deadlock seen on 4 GPUs). The decision is reduced across
+    processes, so the skewed rank's saves happen on both and the run finishes."""
+    wrapper = tmp_path / "skewed_train.py"
+    wrapper.write_text(_SKEWED_CLOCK)
+    out = tmp_path / "skewed"
+    _run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", str(wrapper),
+          *ARGS, "--batch-size", "2", "--out", str(out), "--save-every-minutes", "0.5", "--keep-checkpoints", "10"],
+         tmp_path, "skewed")
+    saved = sorted(p.name for p in (out / "checkpoints").glob("step_*"))
+    # 3 steps: the skewed clock makes saves due after steps 1 and 2 (then the final one at step 3)
+    assert saved == ["step_0000001", "step_0000002", "step_0000003"], saved

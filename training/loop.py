@@ -293,8 +293,15 @@ class Trainer:
                     n_micro, samples_since, t_log = 0, 0, time.monotonic()
                 now = time.monotonic()
                 out_of_time = cfg.max_minutes > 0 and now - t_start >= cfg.max_minutes * 60
+                save_due = now - last_save >= cfg.save_every_minutes * 60
+                if acc.num_processes > 1:
+                    # clocks differ between processes: decide together, or one process waits in save_state's
+                    # barrier while the others wait in the next step's all-reduce (a deadlock)
+                    flags = acc.reduce(torch.tensor([float(out_of_time), float(save_due)], device=acc.device),
+                                       reduction="sum")
+                    out_of_time, save_due = bool(flags[0] > 0), bool(flags[1] > 0)
                 if self.step < cfg.steps and ((cfg.save_every_steps and self.step % cfg.save_every_steps == 0)
-                                              or now - last_save >= cfg.save_every_minutes * 60 or out_of_time):
+                                              or save_due or out_of_time):
                     self.save_state()
                     last_save = time.monotonic()
                 if out_of_time:
