@@ -49,7 +49,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="vla-ros demo", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--suite", default="libero_spatial")
-    parser.add_argument("--task-id", type=int, default=0)
+    # task 5 ("the black bowl on the ramekin"): the bundled model solved it 10/10 in its evaluation, so the
+    # first run shows the graph working; other tasks fail more often (docs/training.md has the table)
+    parser.add_argument("--task-id", type=int, default=5)
     parser.add_argument("--init-state-id", type=int, default=0)
     parser.add_argument("--image-size", type=int, default=128, help="camera size (128 keeps 2 CPU cores fast)")
     parser.add_argument("--max-steps", type=int, default=0, help="0: the suite's step limit")
