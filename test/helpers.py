@@ -41,7 +41,8 @@ class ManagedProcess:
         self._log = open(log_path, "wb")  # noqa: SIM115 - closed in stop()
         self.proc = subprocess.Popen(
             args, stdout=self._log, stderr=subprocess.STDOUT, cwd=cwd,
-            env={**os.environ, **(env or {})}, start_new_session=True,
+            # faulthandler: a child that ignores SIGINT is sent SIGABRT first, which dumps every thread's stack
+            env={**os.environ, "PYTHONFAULTHANDLER": "1", **(env or {})}, start_new_session=True,
         )
 
     @property
@@ -49,7 +50,8 @@ class ManagedProcess:
         return self.proc.pid
 
     def output(self) -> str:
-        self._log.flush()
+        if not self._log.closed:  # still valid after stop(), e.g. in a failing assertion's message
+            self._log.flush()
         return self.log_path.read_text(errors="replace")
 
     def stop(self, timeout: float = 15.0) -> int:
@@ -59,7 +61,13 @@ class ManagedProcess:
             try:
                 self.proc.wait(timeout)
             except subprocess.TimeoutExpired:
-                os.killpg(self.pgid, signal.SIGKILL)
+                # SIGABRT makes Python's faulthandler write where each thread hangs into the log, then SIGKILL
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(self.pgid, signal.SIGABRT)
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    self.proc.wait(3)
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(self.pgid, signal.SIGKILL)
                 self.proc.wait(5)
         self._log.close()
         return self.proc.returncode

@@ -137,7 +137,7 @@ def test_console_script_starts_from_the_params_file_and_stops_on_sigint(h, tmp_p
 @pytest.mark.parametrize(("override", "code", "says"), [
     ("gripper_mode:=sticky", 2, "gripper_mode"),
     ("control_rate_hz:=0.0", 2, "control_rate_hz"),
-    ("image_reliability:=fast", 2, "image_reliability"),
+    ("sensor_reliability:=fast", 2, "sensor_reliability"),
     ("gripper_joint_names:=[only_one]", 2, "gripper_joint_names"),
     ("backend:=no_such_backend", 1, "no_such_backend"),
 ])

@@ -50,10 +50,10 @@ def test_two_processes_match_one_process_with_the_same_global_batch(tmp_path):
 
 _SKEWED_CLOCK = '''
 import os, runpy, sys, time
-if os.environ.get("RANK") == "1":  # this rank's clock runs 1000x fast: its time-based saves fall due alone
+if os.environ.get("RANK") == "1":  # this rank's clock runs 1e7x fast: its time-based saves fall due alone
     _real = time.monotonic
     _t0 = _real()
-    time.monotonic = lambda: _t0 + (_real() - _t0) * 1000.0
+    time.monotonic = lambda: _t0 + (_real() - _t0) * 1e7
 sys.argv = ["training.train", *sys.argv[1:]]
 runpy.run_module("training.train", run_name="__main__")
 '''
@@ -71,5 +71,6 @@ def test_time_based_saves_are_decided_together_across_processes(tmp_path):
           *ARGS, "--batch-size", "2", "--out", str(out), "--save-every-minutes", "0.5", "--keep-checkpoints", "10"],
          tmp_path, "skewed")
     saved = sorted(p.name for p in (out / "checkpoints").glob("step_*"))
-    # 3 steps: the skewed clock makes saves due after steps 1 and 2 (then the final one at step 3)
+    # 3 steps: on the skewed clock 30 s pass within 3 microseconds, so saves fall due after steps 1 and 2 on every
+    # host, however loaded (then the final one at step 3)
     assert saved == ["step_0000001", "step_0000002", "step_0000003"], saved

@@ -67,7 +67,7 @@ from vla_ros.nodes.policy_inputs import (
     pose_arrays,
     stamp_ns,
 )
-from vla_ros.nodes.qos import command_qos, image_qos, listener_qos
+from vla_ros.nodes.qos import command_qos, image_qos, state_qos
 from vla_ros.policy import Policy
 from vla_ros_msgs.msg import EpisodeStatus, PolicyStatus, VlaAction
 
@@ -249,7 +249,7 @@ class VlaPolicyNode(LifecycleNode):
         self._pub_status = self.create_publisher(PolicyStatus, t["status"], command_qos())
         self._pub_diag = self.create_publisher(DiagnosticArray, t["diagnostics"], command_qos())
         inputs = self._inputs_group = MutuallyExclusiveCallbackGroup()  # short store-and-notify callbacks
-        self.create_subscription(Image, t["camera_image"], self._on_image, image_qos(p["image_reliability"]),
+        self.create_subscription(Image, t["camera_image"], self._on_image, image_qos(p["sensor_reliability"]),
                                  callback_group=inputs)
         self.create_subscription(String, t["instruction"], self._on_instruction, command_qos(), callback_group=inputs)
         if p["subscribe_episode_status"]:
@@ -277,14 +277,16 @@ class VlaPolicyNode(LifecycleNode):
             if key in self._extra_subs:
                 continue
             if key == JOINT_STATES:
-                sub = self.create_subscription(JointState, t[key], self._on_joint_states, listener_qos(),
+                sub = self.create_subscription(JointState, t[key], self._on_joint_states,
+                                               state_qos(p["sensor_reliability"]),
                                                callback_group=self._inputs_group)
             elif key == EE_POSE:
-                sub = self.create_subscription(PoseStamped, t[key], self._on_ee_pose, listener_qos(),
+                sub = self.create_subscription(PoseStamped, t[key], self._on_ee_pose,
+                                               state_qos(p["sensor_reliability"]),
                                                callback_group=self._inputs_group)
             else:
                 sub = self.create_subscription(Image, t[key], lambda msg, k=key: self._on_extra_image(k, msg),
-                                               image_qos(p["image_reliability"]), callback_group=self._inputs_group)
+                                               image_qos(p["sensor_reliability"]), callback_group=self._inputs_group)
             self._extra_subs[key] = sub
             self.get_logger().info(f"subscribed to {t[key]} ({key}) for the policy's inputs")
 

@@ -56,7 +56,8 @@ SPECS: dict[str, ParamSpec] = {
     "unnorm_key": ParamSpec(str, "Dataset statistics key that un-normalises actions; empty = checkpoint's.", **_RO),
     "backend_options": ParamSpec(str, "YAML mapping of further backend options, e.g. '{mode: image_mean}'.", **_RO),
     "lockstep": ParamSpec(bool, "Answer each new observation exactly once (simulator) instead of a timer.", **_RO),
-    "image_reliability": ParamSpec(str, "Camera subscription reliability.", choices=tuple(RELIABILITY), **_RO),
+    "sensor_reliability": ParamSpec(str, "Reliability of the camera, joint_states and ee_pose subscriptions.",
+                                    choices=tuple(RELIABILITY), **_RO),
     "subscribe_episode_status": ParamSpec(bool, "Take episode/step and image_flip from the sim bridge.", **_RO),
     "center_crop": ParamSpec(str, "Backend's centre crop (OpenVLA's 90%-area crop for models trained with random "
                              "crops): checkpoint = as the checkpoint records, on, off.",

@@ -26,6 +26,14 @@ def image_qos(reliability: str = "best_effort") -> QoSProfile:
                       durability=QoSDurabilityPolicy.VOLATILE)
 
 
+def state_qos(reliability: str = "best_effort", depth: int = 10) -> QoSProfile:
+    """Robot state (joint states, end-effector pose): like :func:`image_qos` but a few deep, since a decision
+    pairs the state of its image's stamp, which need not be the newest message."""
+    profile = image_qos(reliability)
+    profile.depth = depth
+    return profile
+
+
 def status_qos(depth: int = 10) -> QoSProfile:
     """RELIABLE + TRANSIENT_LOCAL: a late joiner (an evaluator started after a reset) still gets the last
     episode status."""
