@@ -180,6 +180,22 @@ def test_remote_client_unreachable_server_fails_clearly():
 
 
 @pytest.mark.slow
+def test_serve_command_stops_on_sigint_even_when_started_with_sigint_ignored(tmp_path):
+    """A background job of a non-interactive shell inherits SIGINT as ignored, and Python then raises no
+    KeyboardInterrupt: the server must restore it, or `kill -INT` (and the launcher's stop) cannot end it."""
+    code = ("import runpy, signal, sys; signal.signal(signal.SIGINT, signal.SIG_IGN); "
+            "sys.argv = ['vla-ros serve', '--backend', 'debug', '--port', '0']; "
+            "runpy.run_module('vla_ros.serving', run_name='__main__')")
+    proc = ManagedProcess([sys.executable, "-c", code], tmp_path / "serve.log")
+    try:
+        wait_for(lambda: "serving" in proc.output() or proc.proc.poll() is not None, 120, what="serve to start")
+        assert proc.proc.poll() is None, proc.output()
+    finally:
+        rc = proc.stop(timeout=10.0)
+    assert rc == 0, proc.output()  # a clean stop by KeyboardInterrupt, not the SIGABRT/SIGKILL fallback
+
+
+@pytest.mark.slow
 def test_serve_command_serves_a_checkpoint_over_http(checkpoints, tmp_path):
     proc = ManagedProcess([sys.executable, "-m", "vla_ros.serving", "--backend", "native", "--path",
                            str(checkpoints["own"]), "--device", "cpu", "--port", "0", "--unnorm-key", KEY],

@@ -150,6 +150,7 @@ def main(argv: list[str] | None = None) -> int:
     args = sys.argv if argv is None else [sys.argv[0], *argv]
     rclpy.init(args=args, signal_handler_options=SignalHandlerOptions.NO)
     signal.signal(signal.SIGTERM, _raise_interrupt)
+    signal.signal(signal.SIGINT, signal.default_int_handler)  # even if inherited as ignored
     node = None
     try:
         node = BagRecorder()

@@ -725,6 +725,8 @@ def main(argv: list[str] | None = None) -> int:
     # Our own signal handling: on Ctrl-C the context must still be up to publish a final hold.
     rclpy.init(args=args, signal_handler_options=SignalHandlerOptions.NO)
     signal.signal(signal.SIGTERM, _raise_interrupt)
+    # also when started with SIGINT ignored (background job of a non-interactive shell): stop on Ctrl-C
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     node = None
     try:
         try:
