@@ -16,6 +16,7 @@ the model's own ``ActionTokenizer``; this module adds the targets and OpenVLA's 
 from __future__ import annotations
 
 import hashlib
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
@@ -50,19 +51,32 @@ def sample_seed(*parts: int) -> int:
 
 
 def augment_image(img: np.ndarray, cfg: AugmentConfig, seed: int) -> np.ndarray:
-    """One seeded augmentation of an HxWx3 uint8 image (same size out)."""
-    from torchvision.transforms import v2  # lazy: only training with augmentation needs torchvision
+    """One seeded augmentation of an HxWx3 uint8 image (same size out).
 
+    torchvision's RandomResizedCrop and ColorJitter, with their parameters drawn as those transforms draw them
+    (a crop of ``crop_scale`` of the area at aspect ratio 1 at a uniform position; brightness, contrast and
+    saturation factors and a hue shift, uniform in their ranges, applied in a random order) but from a numpy
+    generator of ``seed``: reseeding torch's global RNG per image cost as much as the crop and jitter together,
+    and these run on the CPU for every training sample.
+    """
+    from torchvision.transforms.v2 import functional as F  # lazy: only training with augmentation needs it
+
+    rng = np.random.default_rng(seed)
     h, w = img.shape[:2]
+    side = math.sqrt(cfg.crop_scale * h * w)
+    ch, cw = min(h, round(side)), min(w, round(side))
+    top, left = int(rng.integers(0, h - ch + 1)), int(rng.integers(0, w - cw + 1))
     t = torch.from_numpy(np.ascontiguousarray(img)).permute(2, 0, 1)
-    # torchvision's v2 transforms draw from torch's global RNG: fork it so the caller's stream is untouched
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        out = v2.Compose([
-            v2.RandomResizedCrop((h, w), scale=(cfg.crop_scale, cfg.crop_scale), ratio=(1.0, 1.0), antialias=True),
-            v2.ColorJitter(brightness=cfg.brightness, contrast=cfg.contrast, saturation=cfg.saturation, hue=cfg.hue),
-        ])(t)
-    return out.permute(1, 2, 0).contiguous().numpy()
+    t = F.resized_crop(t, top, left, ch, cw, [h, w], antialias=True)
+    jitter = (
+        lambda x: F.adjust_brightness(x, rng.uniform(max(0.0, 1.0 - cfg.brightness), 1.0 + cfg.brightness)),
+        lambda x: F.adjust_contrast(x, rng.uniform(*cfg.contrast)),
+        lambda x: F.adjust_saturation(x, rng.uniform(*cfg.saturation)),
+        lambda x: F.adjust_hue(x, rng.uniform(-cfg.hue, cfg.hue)),
+    )
+    for k in rng.permutation(len(jitter)):
+        t = jitter[k](t)
+    return t.permute(1, 2, 0).contiguous().numpy()
 
 
 class ActionBatchCollator:
