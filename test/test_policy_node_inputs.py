@@ -308,10 +308,10 @@ def test_plain_models_subscribe_to_nothing_more_and_unknown_cameras_fail_configu
 def test_sensor_reliability_sets_the_camera_and_robot_state_subscriptions(h, wrist_proprio_checkpoint, reliability):
     from rclpy.qos import QoSReliabilityPolicy
 
-    want = {"best_effort": QoSReliabilityPolicy.BEST_EFFORT, "reliable": QoSReliabilityPolicy.RELIABLE}[reliability]
-    node, _ = _start(h, wrist_proprio_checkpoint, sim_time=False, lockstep=True, sensor_reliability=reliability)
     from vla_ros.config import topics
 
+    want = {"best_effort": QoSReliabilityPolicy.BEST_EFFORT, "reliable": QoSReliabilityPolicy.RELIABLE}[reliability]
+    node, _ = _start(h, wrist_proprio_checkpoint, sim_time=False, lockstep=True, sensor_reliability=reliability)
     names = topics()
     for topic in (names[k] for k in ("camera_image", "wrist_image", "joint_states", "ee_pose")):
         subs = [i for i in node.get_subscriptions_info_by_topic(topic) if i.node_name == node.get_name()]

@@ -35,10 +35,8 @@ def success_table(report: Mapping) -> str:
 
 
 def _ends_on_success(cfg: Mapping) -> bool:
-    """The eval's ending rule, as ``vla-ros eval`` records it (``no_end_on_success``)."""
-    if "no_end_on_success" in cfg:
-        return not cfg["no_end_on_success"]
-    return bool(cfg.get("end_on_success", True))
+    """The eval's ending rule, as ``vla-ros eval`` records its flags (``no_end_on_success``)."""
+    return not cfg.get("no_end_on_success", False)
 
 
 def eval_command(cfg: Mapping) -> str:
@@ -131,7 +129,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--notes", type=Path, default=None, help="a markdown file appended as Notes")
     p.add_argument("--out", type=Path, default=None, help="default: <checkpoint>/README.md")
     p.add_argument("--train-minutes", type=float, default=None,
-                   help="training wall time when the run was resumed (train_result.json holds the last part)")
+                   help="training GPU-minutes of a resumed or continued run (train_result.json has the last part)")
     a = p.parse_args(argv)
     notes = a.notes.read_text() if a.notes else ""
     card = build_card(a.checkpoint, list(a.eval), a.generation_report, a.title, notes, a.train_minutes)
