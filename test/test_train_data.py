@@ -114,3 +114,26 @@ def test_train_init_from_continues_from_a_policy(tmp_path):
     assert a.keys() == b.keys()
     assert max(float(np.abs(a[k] - b[k]).max()) for k in a) < 1e-6  # the weights it started from, not a new init
     assert json.loads((tmp_path / "b" / "config.json").read_text())["extra_images"] == ["wrist"]
+
+
+def test_train_init_from_takes_the_new_data_statistics(tmp_path, capsys):
+    from training.train import main
+
+    _write(tmp_path / "d1" / "task.hdf5", [_episode(0), _episode(1)])
+    _write(tmp_path / "d2" / "task.hdf5", [_episode(2), _episode(3)])
+    common = ["--preset", "test-fused", "--batch-size", "4", "--no-progress", "--text-vocab-size", "300"]
+    assert main([*common, "--data", str(tmp_path / "d1"), "--out", str(tmp_path / "a"), "--steps", "1"]) == 0
+    capsys.readouterr()
+    assert main([*common, "--data", str(tmp_path / "d2"), "--out", str(tmp_path / "b"), "--steps", "1",
+                 "--init-from", str(tmp_path / "a")]) == 0
+    assert "largest q01/q99 shift" in capsys.readouterr().out
+    stats_b = json.loads((tmp_path / "b" / "dataset_statistics.json").read_text())
+    assert list(stats_b) == ["d2"]
+
+
+def test_bin_edge_shift_is_relative_to_the_old_range():
+    from training.train import bin_edge_shift
+
+    old = {"action": {"q01": [-1.0, 0.0], "q99": [1.0, 1.0]}}
+    assert bin_edge_shift(old, old) == 0.0
+    assert abs(bin_edge_shift(old, {"action": {"q01": [-1.0, 0.1], "q99": [1.2, 1.0]}}) - 0.1) < 1e-12
