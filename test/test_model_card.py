@@ -43,3 +43,20 @@ def test_model_card_tables_and_commands(tmp_path):
     assert "end only by the policy's `done`" in card
     assert "10.0 GPU-minutes" in card and "vla-ros train --data d --preset tiny-128" in card
     assert "+ wrist camera + proprio (`eef_rot6d_gripper`)" in card
+
+
+def test_model_card_of_a_weight_average_names_both_sources(tmp_path):
+    ckpt = tmp_path / "m"
+    ckpt.mkdir()
+    (ckpt / "config.json").write_text(json.dumps({"vision_backbones": [{"image_size": 128}],
+                                                  "norm_stats": {"libero_scripted_v3": {}}}))
+    (ckpt / "training_meta.json").write_text(json.dumps({
+        "command": "merge", "command_line": "vla-ros merge-policies a b --weight-b 0.5 --out m", "weight_b": 0.5,
+        "preset": "tiny-128", "sources": [
+            {"path": "a", "weight": 0.5, "sha256": "ab" * 32, "training_meta": {"command_line": "vla-ros train A"}},
+            {"path": "b", "weight": 0.5, "sha256": "cd" * 32, "training_meta": {"command_line": "vla-ros train B"}}]}))
+    assert model_card_main(["--checkpoint", str(ckpt), "--train-minutes", "59.2"]) == 0
+    card = (ckpt / "README.md").read_text()
+    assert "`vla-ros merge-policies a b --weight-b 0.5 --out m`" in card
+    assert "0.5 x `a` (sha256 abababababab...), trained with `vla-ros train A`" in card
+    assert "`vla-ros train B`" in card and "59.2 GPU-minutes in all" in card

@@ -137,3 +137,44 @@ def test_bin_edge_shift_is_relative_to_the_old_range():
     old = {"action": {"q01": [-1.0, 0.0], "q99": [1.0, 1.0]}}
     assert bin_edge_shift(old, old) == 0.0
     assert abs(bin_edge_shift(old, {"action": {"q01": [-1.0, 0.1], "q99": [1.2, 1.0]}}) - 0.1) < 1e-12
+
+
+def test_merge_policies_averages_weights_and_records_its_sources(tmp_path):
+    from safetensors.numpy import load_file
+
+    from training.merge import main as merge_main
+    from training.train import main
+    from vla_ros.backends import load_policy
+
+    _write(tmp_path / "data" / "task.hdf5", [_episode(0), _episode(1)])
+    common = ["--data", str(tmp_path / "data"), "--preset", "test-fused", "--batch-size", "4", "--no-progress",
+              "--text-vocab-size", "300"]
+    assert main([*common, "--out", str(tmp_path / "a"), "--steps", "1"]) == 0
+    assert main([*common, "--out", str(tmp_path / "b"), "--steps", "3", "--lr", "1e-2",
+                 "--init-from", str(tmp_path / "a")]) == 0
+    assert merge_main([str(tmp_path / "a"), str(tmp_path / "b"), "--weight-b", "0.25",
+                       "--out", str(tmp_path / "m")]) == 0
+    a, b, m = (load_file(tmp_path / d / "model.safetensors") for d in "abm")
+    moved = [k for k in a if a[k].dtype.kind == "f" and np.abs(a[k] - b[k]).max() > 1e-4]
+    assert moved  # the fine-tuning changed something, so the average is not trivially either source
+    for k in moved:
+        np.testing.assert_allclose(m[k], 0.75 * a[k] + 0.25 * b[k], rtol=1e-5, atol=1e-6)
+    meta = json.loads((tmp_path / "m" / "training_meta.json").read_text())
+    assert meta["command"] == "merge" and [s["weight"] for s in meta["sources"]] == [0.75, 0.25]
+    assert meta["sources"][1]["training_meta"]["init_from"] == str(tmp_path / "a")
+    policy = load_policy("native", str(tmp_path / "m"), device="cpu")
+    assert policy.predict(np.zeros((16, 16, 3), np.uint8), "put the bowl on the plate").shape == (7,)
+
+
+def test_merge_policies_refuses_different_architectures(tmp_path, capsys):
+    from training.merge import main as merge_main
+    from training.train import main
+
+    _write(tmp_path / "data" / "task.hdf5", [_episode(0)])
+    common = ["--data", str(tmp_path / "data"), "--preset", "test-fused", "--batch-size", "4", "--no-progress",
+              "--text-vocab-size", "300", "--steps", "1"]
+    assert main([*common, "--out", str(tmp_path / "a")]) == 0
+    assert main([*common, "--out", str(tmp_path / "b"), "--wrist"]) == 0
+    assert merge_main([str(tmp_path / "a"), str(tmp_path / "b"), "--out", str(tmp_path / "m")]) == 2
+    assert "different" in capsys.readouterr().err
+    assert not (tmp_path / "m" / "model.safetensors").exists()

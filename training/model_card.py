@@ -54,6 +54,31 @@ def eval_command(cfg: Mapping) -> str:
     return " ".join(parts)
 
 
+def training_section(meta: dict, result: dict, loop: dict, minutes: float) -> list[str]:
+    """The Training section of a ``vla-ros train`` run, from its records."""
+    return ["## Training", "",
+            f"- command: `{meta.get('command_line', 'vla-ros train')}`",
+            f"- {result.get('step', '?')} optimizer steps of batch {loop.get('batch_size')} x "
+            f"{loop.get('grad_accum')}, lr {loop.get('lr')} ({loop.get('schedule')}, warm-up "
+            f"{loop.get('warmup_steps')}), {meta.get('samples')} training samples, augmentation "
+            f"{meta.get('augment')}",
+            f"- cost: {minutes:.1f} GPU-minutes ({meta.get('device', 'one GPU')}); final "
+            f"action-token accuracy {result.get('action_accuracy', float('nan')):.3f}, "
+            f"L1 {result.get('action_l1', float('nan')):.4f}", ""]
+
+
+def merge_section(meta: dict, minutes: float) -> list[str]:
+    """The Training section of a weight average (``vla-ros merge-policies``): how, and from what."""
+    lines = ["## Training", "",
+             f"- a weight average (WiSE-FT): `{meta.get('command_line') or 'vla-ros merge-policies'}`"]
+    for src in meta.get("sources", []):
+        sm = src.get("training_meta", {})
+        lines.append(f"- {src.get('weight'):g} x `{src.get('path')}` (sha256 {str(src.get('sha256'))[:12]}...), "
+                     f"trained with `{sm.get('command_line', '?')}`")
+    lines += [f"- cost: {minutes:.1f} GPU-minutes in all (the sources' lineage; averaging is free)", ""]
+    return lines
+
+
 def build_card(checkpoint: Path, reports: list[Path], generation_report: Path | None, title: str,
                notes: str = "", train_minutes: float | None = None) -> str:
     cfg = _read(checkpoint / "config.json")
@@ -95,15 +120,10 @@ def build_card(checkpoint: Path, reports: list[Path], generation_report: Path | 
                   f"{gc.get('demos_per_task')} --seed {gc.get('seed')} --noise {gc.get('noise_std')} "
                   f"--max-len-frac {gc.get('max_len_frac')} --workers 2 --out {gc.get('out')}`", ""]
     minutes = train_minutes if train_minutes is not None else result.get("wall_s", 0) / 60
-    lines += ["## Training", "",
-              f"- command: `{meta.get('command_line', 'vla-ros train')}`",
-              f"- {result.get('step', '?')} optimizer steps of batch {loop.get('batch_size')} x "
-              f"{loop.get('grad_accum')}, lr {loop.get('lr')} ({loop.get('schedule')}, warm-up "
-              f"{loop.get('warmup_steps')}), {meta.get('samples')} training samples, augmentation "
-              f"{meta.get('augment')}",
-              f"- cost: {minutes:.1f} GPU-minutes ({meta.get('device', 'one GPU')}); final "
-              f"action-token accuracy {result.get('action_accuracy', float('nan')):.3f}, "
-              f"L1 {result.get('action_l1', float('nan')):.4f}", ""]
+    if meta.get("command") == "merge":
+        lines += merge_section(meta, minutes)
+    else:
+        lines += training_section(meta, result, loop, minutes)
     for path in reports:
         rep = _read(path)
         if not rep:

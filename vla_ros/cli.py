@@ -26,6 +26,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "train": ("training.train", "train a native VLA from scratch"),
     "finetune": ("training.finetune", "LoRA fine-tuning (8/4-bit base) of a checkpoint"),
     "eval": ("training.eval", "evaluate a checkpoint on a LIBERO suite (in-process or through ROS)"),
+    "merge-policies": ("training.merge", "weight-average two policies of one architecture (WiSE-FT)"),
     "model-card": ("training.model_card", "a checkpoint's README (data, commands, cost, success) from its records"),
 }
 
