@@ -60,3 +60,24 @@ def test_model_card_of_a_weight_average_names_both_sources(tmp_path):
     assert "`vla-ros merge-policies a b --weight-b 0.5 --out m`" in card
     assert "0.5 x `a` (sha256 abababababab...), trained with `vla-ros train A`" in card
     assert "`vla-ros train B`" in card and "59.2 GPU-minutes in all" in card
+
+
+def test_model_card_lists_every_generation_run(tmp_path):
+    ckpt = tmp_path / "m"
+    ckpt.mkdir()
+    (ckpt / "config.json").write_text(json.dumps({"vision_backbones": [{"image_size": 128}]}))
+
+    def gen_report(name: str, suite: str, ids: list[int], seed: int):
+        cfg = {"out": "data/x", "demos_per_task": 2, "seed": seed, "image_size": 128, "max_len_frac": 0.8,
+               "done_steps": 3, "noise_std": 0.15}
+        tasks = [{"suite": suite, "task_id": i, "kept": 2, "lengths": [100, 110]} for i in ids]
+        (tmp_path / name).write_text(json.dumps({"config": cfg, "tasks": tasks}))
+        return str(tmp_path / name)
+
+    a = gen_report("a.json", "libero_spatial", [1, 6], 3)
+    b = gen_report("b.json", "libero_object", list(range(10)), 4)
+    assert model_card_main(["--checkpoint", str(ckpt), "--generation-report", a, b]) == 0
+    card = (ckpt / "README.md").read_text()
+    assert "- 4 successful scripted-expert demonstrations (420 steps) of libero_spatial" in card
+    assert "--suites libero_spatial --tasks 1,6 --demos-per-task 2 --seed 3" in card
+    assert "- 20 successful" in card and "--suites libero_object --demos-per-task 2 --seed 4" in card

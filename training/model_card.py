@@ -54,6 +54,28 @@ def eval_command(cfg: Mapping) -> str:
     return " ".join(parts)
 
 
+def data_bullets(gen: dict) -> list[str]:
+    """Two bullets on one ``vla-ros generate-demos`` run, from its generation_report.json."""
+    gc = gen.get("config", {})
+    kept = sum(t["kept"] for t in gen.get("tasks", []))
+    steps = sum(sum(t["lengths"]) for t in gen.get("tasks", []))
+    suites = sorted({t["suite"] for t in gen.get("tasks", [])})
+    ids = sorted({t["task_id"] for t in gen.get("tasks", [])})
+    # LIBERO's suites hold 10 tasks each; a run over fewer named them with --tasks
+    tasks = "" if ids == list(range(10)) else f" --tasks {','.join(map(str, ids))}"
+    return [
+              f"- {kept} successful scripted-expert demonstrations ({steps} steps) of {', '.join(suites)}, "
+              f"{gc.get('demos_per_task')} per task, generated from **fresh random scenes** (seed "
+              f"{gc.get('seed')}; never the suites' fixed init states, which are the evaluation set), "
+              f"DART noise {gc.get('noise_std')} (executed, the clean expert action is the label), "
+              f"{gc.get('image_size')} px images, demos longer than {gc.get('max_len_frac')} x the step "
+              "limit dropped, success step + "
+              f"{gc.get('done_steps')} steps labelled done.",
+              f"- command: `vla-ros generate-demos --suites {' '.join(suites)}{tasks} --demos-per-task "
+              f"{gc.get('demos_per_task')} --seed {gc.get('seed')} --noise {gc.get('noise_std')} "
+              f"--max-len-frac {gc.get('max_len_frac')} --workers 2 --out {gc.get('out')}`"]
+
+
 def training_section(meta: dict, result: dict, loop: dict, minutes: float) -> list[str]:
     """The Training section of a ``vla-ros train`` run, from its records."""
     return ["## Training", "",
@@ -79,8 +101,11 @@ def merge_section(meta: dict, minutes: float) -> list[str]:
     return lines
 
 
-def build_card(checkpoint: Path, reports: list[Path], generation_report: Path | None, title: str,
+def build_card(checkpoint: Path, reports: list[Path], generation_reports: list[Path] | Path | None, title: str,
                notes: str = "", train_minutes: float | None = None) -> str:
+    if isinstance(generation_reports, Path):
+        generation_reports = [generation_reports]
+    generation_reports = list(generation_reports or [])
     cfg = _read(checkpoint / "config.json")
     meta = _read(checkpoint / "training_meta.json")
     result = _read(checkpoint / "train_result.json")
@@ -102,23 +127,9 @@ def build_card(checkpoint: Path, reports: list[Path], generation_report: Path | 
               f"- image flip `{cfg.get('image_flip')}` (LIBERO's camera is upside down), centre crop at inference: "
               f"{cfg.get('center_crop')}",
               f"- statistics key `{next(iter(cfg.get('norm_stats') or {'?': 0}))}` (`dataset_statistics.json`)", ""]
-    if generation_report is not None and generation_report.is_file():
-        gen = _read(generation_report)
-        gc = gen.get("config", {})
-        kept = sum(t["kept"] for t in gen.get("tasks", []))
-        steps = sum(sum(t["lengths"]) for t in gen.get("tasks", []))
-        suites = sorted({t["suite"] for t in gen.get("tasks", [])})
-        lines += ["## Data", "",
-                  f"- {kept} successful scripted-expert demonstrations ({steps} steps) of {', '.join(suites)}, "
-                  f"{gc.get('demos_per_task')} per task, generated from **fresh random scenes** (seed "
-                  f"{gc.get('seed')}; never the suites' fixed init states, which are the evaluation set), "
-                  f"DART noise {gc.get('noise_std')} (executed, the clean expert action is the label), "
-                  f"{gc.get('image_size')} px images, demos longer than {gc.get('max_len_frac')} x the step "
-                  "limit dropped, success step + "
-                  f"{gc.get('done_steps')} steps labelled done.",
-                  f"- command: `vla-ros generate-demos --suites {' '.join(suites)} --demos-per-task "
-                  f"{gc.get('demos_per_task')} --seed {gc.get('seed')} --noise {gc.get('noise_std')} "
-                  f"--max-len-frac {gc.get('max_len_frac')} --workers 2 --out {gc.get('out')}`", ""]
+    data_lines = [line for path in generation_reports if path.is_file() for line in data_bullets(_read(path))]
+    if data_lines:
+        lines += ["## Data", "", *data_lines, ""]
     minutes = train_minutes if train_minutes is not None else result.get("wall_s", 0) / 60
     if meta.get("command") == "merge":
         lines += merge_section(meta, minutes)
@@ -144,7 +155,8 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="vla-ros model-card", description=__doc__.split("\n\n")[0])
     p.add_argument("--checkpoint", required=True, type=Path)
     p.add_argument("--eval", nargs="*", default=[], type=Path, help="report.json files of vla-ros eval")
-    p.add_argument("--generation-report", type=Path, default=None)
+    p.add_argument("--generation-report", nargs="*", default=[], type=Path,
+                   help="generation_report.json of each vla-ros generate-demos run the weights learned from")
     p.add_argument("--title", default="vla_ros_libero_small")
     p.add_argument("--notes", type=Path, default=None, help="a markdown file appended as Notes")
     p.add_argument("--out", type=Path, default=None, help="default: <checkpoint>/README.md")
