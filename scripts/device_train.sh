@@ -1,6 +1,7 @@
 #!/bin/bash
 # Train tiny-128 on one lent GPU from a compact dataset, the way docs/training.md's runs were made.
 #   usage: scripts/device_train.sh DATA NAME MINUTES STEPS WORKERS [more training.train flags, e.g. --init-from DIR]
+#   DATA may name several datasets, comma-separated: they train as one (statistics over all of them).
 # Runs on the device machine from the repo root (DATA carried there, e.g. .carry/libero_scripted_v3). The policy
 # comes back under $OUT/NAME as policy_json.tar plus the weights split in 12 MiB parts (a single 36 MiB file is
 # over the return limit): `tar -xf NAME/policy_json.tar -C DIR; cat NAME/model.part.* > DIR/model.safetensors`
@@ -8,12 +9,13 @@
 # Set STEPS so that STEPS / (~15 steps/s) fits MINUTES: the cosine schedule should end before the time limit.
 set -eo pipefail
 DATA=$1; NAME=$2; MIN=$3; STEPS=$4; W=$5; shift 5
+IFS=, read -ra DATA_PATHS <<< "$DATA"
 : "${OUT:?OUT must name the folder that comes back}"
 RUN=/root/runs/$NAME
 mkdir -p /root/runs "$OUT/$NAME"
 nvidia-smi --query-gpu=name,memory.total --format=csv,noheader || echo "no nvidia-smi: CPU run"
 python -c "import torch, transformers, timm; print('torch', torch.__version__, 'transformers', transformers.__version__, 'timm', timm.__version__)"
-PYTHONPATH=. python -m training.train --data "$DATA" --preset tiny-128 --out "$RUN" \
+PYTHONPATH=. python -m training.train --data "${DATA_PATHS[@]}" --preset tiny-128 --out "$RUN" \
   --num-workers "$W" --batch-size 64 --steps "$STEPS" --max-minutes "$MIN" --save-every-minutes 4 --keep-checkpoints 1 \
   --wrist --proprio --predict-done --augment --no-progress --log-every 200 "$@" 2>&1 \
   | grep --line-buffered -v "^\s*$" | tail -n 120

@@ -66,6 +66,33 @@ def test_train_cli_on_a_libero_file(tmp_path):
     assert json.loads((out / "config.json").read_text())["center_crop"] is True  # augmented: evaluate centre-cropped
 
 
+def test_several_datasets_train_on_their_union_with_statistics_over_all(tmp_path):
+    small, wide = [_episode(0), _episode(1)], [_episode(2)]
+    for ep in wide:  # a second source whose actions reach further: the union's bins must cover it
+        ep.actions[:, :6] *= 4.0
+    _write(tmp_path / "v3" / "task.hdf5", small)
+    _write(tmp_path / "v4" / "task.hdf5", wide)  # the same file name in both: episodes are not confused
+    one, one_stats, _ = open_training_data(tmp_path / "v3")
+    both, stats, _ = open_training_data([tmp_path / "v3", tmp_path / "v4"])
+    assert len(both) == len(one) + (T - 1) and list(stats) == ["v3+v4"]
+    (key,) = one_stats
+    assert max(stats["v3+v4"]["action"]["q99"][:6]) > 1.5 * max(one_stats[key]["action"]["q99"][:6])
+    assert stats["v3+v4"]["num_trajectories"] == 3
+
+
+def test_train_cli_on_two_datasets(tmp_path):
+    from training.train import main
+
+    _write(tmp_path / "a" / "task.hdf5", [_episode(0)])
+    _write(tmp_path / "b" / "task.hdf5", [_episode(1, instruction="open the drawer")])
+    out = tmp_path / "run"
+    assert main(["--data", str(tmp_path / "a"), str(tmp_path / "b"), "--preset", "test-fused", "--out", str(out),
+                 "--steps", "1", "--batch-size", "4", "--no-progress", "--text-vocab-size", "300"]) == 0
+    assert list(json.loads((out / "dataset_statistics.json").read_text())) == ["a+b"]
+    meta = json.loads((out / "training_meta.json").read_text())
+    assert meta["samples"] == 2 * (T - 1) and meta["data"] == f"{tmp_path / 'a'} {tmp_path / 'b'}"
+
+
 def test_steps_carry_wrist_image_and_model_proprio():
     ep = _episode(3)
     ds = StepDataset([ep])

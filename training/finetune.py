@@ -85,7 +85,8 @@ def parser() -> argparse.ArgumentParser:
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--base", required=True, help="checkpoint directory to fine-tune (ours or OpenVLA-format)")
     p.add_argument("--out", required=True, type=Path, help="adapter directory (with --merge: the merged checkpoint)")
-    p.add_argument("--data", default="", help="dataset directory/file (see docs/training.md)")
+    p.add_argument("--data", nargs="+", default=[],
+                   help="dataset directory/file (see docs/training.md); several fine-tune on their union")
     p.add_argument("--synthetic", type=int, default=0, help="use N synthetic samples instead of --data")
     p.add_argument("--unnorm-key", default=None, help="statistics key when the dataset has several")
     p.add_argument("--quantization", default="none", choices=["none", "8bit", "4bit"],
@@ -129,7 +130,7 @@ def main(argv: list[str] | None = None) -> int:
                              gradient_checkpointing=not a.no_gradient_checkpointing)
     meta = {"command": "finetune", "base": str(Path(a.base).resolve()), "quantization": a.quantization,
             "lora": {"rank": a.lora_rank, "alpha": a.lora_alpha, "dropout": a.lora_dropout,
-                     "targets": a.lora_targets}, "data": a.data or f"synthetic:{a.synthetic}",
+                     "targets": a.lora_targets}, "data": " ".join(a.data) or f"synthetic:{a.synthetic}",
             "base_statistics_keys": sorted(base_stats)}
 
     def export(m: torch.nn.Module, out: Path) -> None:

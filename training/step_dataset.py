@@ -9,6 +9,7 @@ as OpenVLA-OFT pads its chunks).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -78,27 +79,50 @@ class StepDataset:
         return sorted({ep.instruction for ep in self.episodes})
 
 
-def open_training_data(path: str | Path, action_chunk: int = 1, camera: str = DEFAULT_CAMERA
-                       ) -> tuple[StepDataset, dict, list[str]]:
-    """(dataset, statistics ``{key: ...}``, instructions) of a compact dataset directory (``meta.json``), or of
-    LIBERO-format HDF5 file(s); statistics from the dataset's ``dataset_statistics.json`` when it has one."""
-    p = Path(path)
-    if (p / "meta.json").is_file():
+def _open_one(path: Path) -> tuple[list[Episode], dict]:
+    """Episodes and statistics ``{key: ...}`` of one compact directory or LIBERO-format file/directory."""
+    if (path / "meta.json").is_file():
         from training.data.compact import CompactDataset
 
-        compact = CompactDataset(p)
-        episodes = list(compact)
-        stats = compact.statistics()
-    else:
-        from training.data.libero_hdf5 import LiberoHdf5Reader, dataset_files
+        compact = CompactDataset(path)
+        return list(compact), compact.statistics()
+    from training.data.libero_hdf5 import LiberoHdf5Reader, dataset_files
 
-        episodes, files = [], dataset_files(p)
-        if not files:
-            raise FileNotFoundError(f"no *.hdf5 files under {p}")
-        for f in files:
-            with LiberoHdf5Reader(f) as reader:
-                episodes.extend(reader)
-        stats_file = (p if p.is_dir() else p.parent) / STATS_FILENAME
-        stats = load_statistics(stats_file) if stats_file.is_file() else {p.stem: compute_statistics(episodes)}
+    episodes, files = [], dataset_files(path)
+    if not files:
+        raise FileNotFoundError(f"no *.hdf5 files under {path}")
+    for f in files:
+        with LiberoHdf5Reader(f) as reader:
+            episodes.extend(reader)
+    stats_file = (path if path.is_dir() else path.parent) / STATS_FILENAME
+    stats = load_statistics(stats_file) if stats_file.is_file() else {path.stem: compute_statistics(episodes)}
+    return episodes, stats
+
+
+def open_training_data(path: str | Path | Sequence[str | Path], action_chunk: int = 1,
+                       camera: str = DEFAULT_CAMERA) -> tuple[StepDataset, dict, list[str]]:
+    """(dataset, statistics ``{key: ...}``, instructions) of a compact dataset directory (``meta.json``), or of
+    LIBERO-format HDF5 file(s); statistics from the dataset's ``dataset_statistics.json`` when it has one.
+
+    Several paths train on their union: the statistics are then recomputed over all episodes (the bins must
+    span every source's actions), under the key ``name1+name2+...``.
+    """
+    paths = [Path(path)] if isinstance(path, (str, Path)) else [Path(p) for p in path]
+    if not paths:
+        raise ValueError("no dataset path given")
+    if len(paths) == 1:
+        episodes, stats = _open_one(paths[0])
+    else:
+        episodes, conventions = [], set()
+        for p in paths:
+            eps, source_stats = _open_one(p)
+            episodes.extend(eps)
+            conventions |= {s.get("gripper_convention") for s in source_stats.values()}
+        if len(conventions) > 1:
+            raise ValueError(f"datasets {[str(p) for p in paths]} store different gripper conventions "
+                             f"{sorted(map(str, conventions))}; convert them to one before training together")
+        merged = compute_statistics(episodes)
+        merged["gripper_convention"] = conventions.pop() or merged["gripper_convention"]
+        stats = {"+".join(p.name for p in paths): merged}
     ds = StepDataset(episodes, camera=camera, action_chunk=action_chunk)
     return ds, stats, ds.instructions

@@ -72,7 +72,7 @@ def loop_config(a: argparse.Namespace) -> LoopConfig:
                       progress=not a.no_progress)
 
 
-def open_dataset(data: str, synthetic: int, image_size: int, action_chunk: int, seed: int):
+def open_dataset(data: str | list[str], synthetic: int, image_size: int, action_chunk: int, seed: int):
     """(dataset, statistics, instructions) from ``--data`` (training/data's readers) or ``--synthetic N``."""
     if synthetic:
         from training.synthetic import SyntheticActionDataset
@@ -100,7 +100,9 @@ def bin_edge_shift(old: dict, new: dict) -> float:
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="vla-ros train", description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--data", default="", help="dataset directory/file (see docs/training.md)")
+    p.add_argument("--data", nargs="+", default=[],
+                   help="dataset directory/file (see docs/training.md); several train on their union, with "
+                        "statistics recomputed over all of them")
     p.add_argument("--synthetic", type=int, default=0, help="use N synthetic samples instead of --data")
     p.add_argument("--out", required=True, type=Path, help="output (policy) directory")
     p.add_argument("--preset", default="tiny-128", choices=[x for x in PRESETS if x != "openvla-7b"])
@@ -163,7 +165,7 @@ def main(argv: list[str] | None = None) -> int:
     model.config.center_crop = bool(a.augment)
     argv_used = sys.argv[1:] if argv is None else argv
     meta = {"command": "train", "command_line": "vla-ros train " + shlex.join(argv_used), "preset": a.preset,
-            "data": a.data or f"synthetic:{a.synthetic}",
+            "data": " ".join(a.data) or f"synthetic:{a.synthetic}",
             "init_from": str(a.init_from) if a.init_from else None,
             "samples": len(dataset), "augment": bool(a.augment), "wrist": bool(a.wrist), "proprio": bool(a.proprio),
             "action_chunk": a.action_chunk, "predict_done": bool(a.predict_done),
