@@ -6,7 +6,8 @@
 # comes back under $OUT/NAME as policy_json.tar plus the weights split in 12 MiB parts (a single 36 MiB file is
 # over the return limit): `tar -xf NAME/policy_json.tar -C DIR; cat NAME/model.part.* > DIR/model.safetensors`
 # here, and compare the printed sha256.
-# Set STEPS so that STEPS / (~15 steps/s) fits MINUTES: the cosine schedule should end before the time limit.
+# Set STEPS so that STEPS / (~14 steps/s) fits MINUTES: the cosine schedule should end before the time limit.
+# Decoding the videos comes first (~2 min for 114k steps): MINUTES + that must fit the 10-minute command limit.
 set -eo pipefail
 DATA=$1; NAME=$2; MIN=$3; STEPS=$4; W=$5; shift 5
 IFS=, read -ra DATA_PATHS <<< "$DATA"

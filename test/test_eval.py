@@ -5,6 +5,12 @@ outcome for one seed, with a tiny native checkpoint whose LoRA adapter the node 
 from __future__ import annotations
 
 import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
 
 import numpy as np
 import psutil
@@ -166,3 +172,46 @@ def test_ros_eval_fails_fast_and_cleanly_when_the_policy_cannot_load(tmp_path, c
     assert not (out / "report.json").exists()
     assert not list((out / "videos").glob(".worker*")), "the bridge's scratch recordings were left behind"
     assert not _leftover_children(), "a graph process was left behind"
+
+
+def _graph_processes(pid: int) -> list[psutil.Process]:
+    out = []
+    for c in psutil.Process(pid).children(recursive=True):
+        try:
+            if "resource_tracker" not in " ".join(c.cmdline()):
+                out.append(c)
+        except psutil.NoSuchProcess:
+            pass
+    return out
+
+
+@pytest.mark.sim
+@pytest.mark.ros
+@pytest.mark.slow
+def test_sigterm_stops_the_evaluation_and_every_graph_it_started(tmp_path):
+    """The nodes run in sessions of their own (no terminal signal reaches them): a `kill` of the evaluation
+    must still stop both workers' graphs, not leave simulators running."""
+    pytest.importorskip("robosuite", reason="LIBERO's simulation stack is not installed")
+    pytest.importorskip("rclpy", reason="rclpy (ROS 2) is not installed")
+    out = tmp_path / "run"
+    cmd = [sys.executable, "-m", "training.eval", "--route", "ros", "--backend", "debug", "--suite", "libero_spatial",
+           "--tasks", "0,1", "--workers", "2", "--episodes-per-task", "3", "--image-size", "64",
+           "--record-episodes", "0", "--out", str(out)]
+    proc = subprocess.Popen(cmd, cwd=Path(__file__).resolve().parents[1], env=os.environ.copy(),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline, bridges = time.monotonic() + 180, []
+        while len(bridges) < 2 and time.monotonic() < deadline and proc.poll() is None:
+            time.sleep(0.5)
+            bridges = [c for c in _graph_processes(proc.pid) if "sim_bridge_node" in " ".join(c.cmdline())]
+        assert len(bridges) == 2, f"both workers' graphs should be up (eval exited: {proc.poll()})"
+        started = _graph_processes(proc.pid)
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 128 + signal.SIGTERM and "stopped by signal 15" in err
+    _, alive = psutil.wait_procs(started, timeout=10)
+    assert not alive, f"left running: {[' '.join(p.cmdline()[:2]) for p in alive]}"
+    assert not (out / "report.json").exists()

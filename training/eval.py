@@ -23,10 +23,12 @@ import json
 import os
 import random
 import shutil
+import signal
 import sys
+import threading
 import time
 from concurrent.futures import ProcessPoolExecutor
-from multiprocessing import get_context
+from multiprocessing import active_children, get_context
 from pathlib import Path
 
 import numpy as np
@@ -211,6 +213,33 @@ def _progress(spec: dict, res) -> None:
           flush=True)
 
 
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C or SIGTERM: the evaluation stops, its graphs with it."""
+
+    def __init__(self, signum: int):
+        super().__init__(signum)  # the one argument, so that it pickles across the process pool
+        self.signum = signum
+
+    def __str__(self) -> str:
+        return f"signal {self.signum}"
+
+
+def _stop_on_signal(signum: int, _frame) -> None:
+    """SIGTERM (``kill``, ``timeout``, a job scheduler) ends an evaluation the way Ctrl-C does, so that the
+    ``finally`` blocks stop the graphs' nodes (they run in sessions of their own and see no terminal signal).
+    Later signals are ignored: a second one must not cut that clean-up short."""
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    raise Interrupted(signum)
+
+
+def _pool_worker(spec: dict) -> list[dict]:
+    """A worker process of the pool: its own interpreter, so its own signal handling."""
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, _stop_on_signal)
+    return _worker(spec)
+
+
 def _worker(spec: dict) -> list[dict]:
     if spec["route"] == "ros":
         os.environ["ROS_DOMAIN_ID"] = str(spec["domain_id"])
@@ -245,8 +274,20 @@ def evaluate(a: argparse.Namespace) -> dict:
     if len(specs) == 1:
         episodes = _worker(specs[0])
     else:  # spawn: each worker its own interpreter, env, policy and (through ROS) DDS participant
-        with ProcessPoolExecutor(len(specs), mp_context=get_context("spawn")) as pool:
-            episodes = [e for part in pool.map(_worker, specs) for e in part]
+        pool = ProcessPoolExecutor(len(specs), mp_context=get_context("spawn"))
+        try:
+            episodes = [e for part in pool.map(_pool_worker, specs) for e in part]
+        except BaseException:
+            # a worker failed or we were interrupted: stop the others now rather than after their last episode;
+            # SIGTERM makes each stop its graph first (_stop_on_signal)
+            workers = active_children()
+            for w in workers:
+                w.terminate()
+            for w in workers:
+                w.join(30)
+            pool.shutdown(wait=False, cancel_futures=True)
+            raise
+        pool.shutdown()
     config = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(a).items()}
     config.update(tasks=parse_tasks(a.tasks, a.suite), workers=len(specs), wall_s=round(time.monotonic() - t0, 1),
                   protocol="OpenVLA run_libero_eval: flipped images, 10 settle steps, suite step limit, "
@@ -293,14 +334,22 @@ def main(argv: list[str] | None = None) -> int:
     if a.backend != "debug" and not a.checkpoint:
         print(f"vla-ros eval: backend {a.backend!r} needs --checkpoint", file=sys.stderr)
         return 2
+    handled = (signal.SIGINT, signal.SIGTERM) if threading.current_thread() is threading.main_thread() else ()
+    previous = {sig: signal.signal(sig, _stop_on_signal) for sig in handled}
     try:
         report = evaluate(a)
+    except Interrupted as exc:
+        print(f"vla-ros eval: stopped by signal {exc.signum}; no report written", file=sys.stderr)
+        return 128 + exc.signum
     except ValueError as exc:
         print(f"vla-ros eval: {exc}", file=sys.stderr)
         return 2
     except EvalError as exc:
         print(f"vla-ros eval: {exc}", file=sys.stderr)
         return 1
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
     print(format_report(report))
     print(f"report: {Path(a.out) / 'report.json'}")
     return 0
