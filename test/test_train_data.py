@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import pytest
 
 from training.data.episode import Episode
 from training.data.libero_hdf5 import LiberoHdf5Writer
@@ -78,6 +79,18 @@ def test_several_datasets_train_on_their_union_with_statistics_over_all(tmp_path
     (key,) = one_stats
     assert max(stats["v3+v4"]["action"]["q99"][:6]) > 1.5 * max(one_stats[key]["action"]["q99"][:6])
     assert stats["v3+v4"]["num_trajectories"] == 3
+
+
+def test_datasets_with_different_gripper_conventions_are_not_mixed(tmp_path):
+    _write(tmp_path / "a" / "task.hdf5", [_episode(0)])
+    _write(tmp_path / "b" / "task.hdf5", [_episode(1)])
+    for name, convention in (("a", "libero_sign"), ("b", "openvla_open01")):
+        _, stats, _ = open_training_data(tmp_path / name)
+        (entry,) = stats.values()
+        (tmp_path / name / "dataset_statistics.json").write_text(json.dumps({name: {**entry,
+                                                                                  "gripper_convention": convention}}))
+    with pytest.raises(ValueError, match="different gripper conventions"):
+        open_training_data([tmp_path / "a", tmp_path / "b"])
 
 
 def test_train_cli_on_two_datasets(tmp_path):

@@ -118,11 +118,13 @@ def open_training_data(path: str | Path | Sequence[str | Path], action_chunk: in
             eps, source_stats = _open_one(p)
             episodes.extend(eps)
             conventions |= {s.get("gripper_convention") for s in source_stats.values()}
+        conventions.discard(None)  # statistics written before the field existed: the training default
         if len(conventions) > 1:
             raise ValueError(f"datasets {[str(p) for p in paths]} store different gripper conventions "
                              f"{sorted(map(str, conventions))}; convert them to one before training together")
         merged = compute_statistics(episodes)
-        merged["gripper_convention"] = conventions.pop() or merged["gripper_convention"]
+        if conventions:
+            merged["gripper_convention"] = conventions.pop()
         stats = {"+".join(p.name for p in paths): merged}
     ds = StepDataset(episodes, camera=camera, action_chunk=action_chunk)
     return ds, stats, ds.instructions
