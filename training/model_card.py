@@ -63,17 +63,16 @@ def data_bullets(gen: dict) -> list[str]:
     ids = sorted({t["task_id"] for t in gen.get("tasks", [])})
     # LIBERO's suites hold 10 tasks each; a run over fewer named them with --tasks
     tasks = "" if ids == list(range(10)) else f" --tasks {','.join(map(str, ids))}"
-    return [
-              f"- {kept} successful scripted-expert demonstrations ({steps} steps) of {', '.join(suites)}, "
-              f"{gc.get('demos_per_task')} per task, generated from **fresh random scenes** (seed "
-              f"{gc.get('seed')}; never the suites' fixed init states, which are the evaluation set), "
-              f"DART noise {gc.get('noise_std')} (executed, the clean expert action is the label), "
-              f"{gc.get('image_size')} px images, demos longer than {gc.get('max_len_frac')} x the step "
-              "limit dropped, success step + "
-              f"{gc.get('done_steps')} steps labelled done.",
-              f"- command: `vla-ros generate-demos --suites {' '.join(suites)}{tasks} --demos-per-task "
-              f"{gc.get('demos_per_task')} --seed {gc.get('seed')} --noise {gc.get('noise_std')} "
-              f"--max-len-frac {gc.get('max_len_frac')} --workers 2 --out {gc.get('out')}`"]
+    return [f"- {kept} successful scripted-expert demonstrations ({steps} steps) of {', '.join(suites)}, "
+            f"{gc.get('demos_per_task')} per task, generated from **fresh random scenes** (seed "
+            f"{gc.get('seed')}; never the suites' fixed init states, which are the evaluation set), "
+            f"DART noise {gc.get('noise_std')} (executed, the clean expert action is the label), "
+            f"{gc.get('image_size')} px images, demos longer than {gc.get('max_len_frac')} x the step "
+            "limit dropped, success step + "
+            f"{gc.get('done_steps')} steps labelled done.",
+            f"- command: `vla-ros generate-demos --suites {' '.join(suites)}{tasks} --demos-per-task "
+            f"{gc.get('demos_per_task')} --seed {gc.get('seed')} --noise {gc.get('noise_std')} "
+            f"--max-len-frac {gc.get('max_len_frac')} --workers 2 --out {gc.get('out')}`"]
 
 
 def training_section(meta: dict, result: dict, loop: dict, minutes: float) -> list[str]:
@@ -101,11 +100,8 @@ def merge_section(meta: dict, minutes: float) -> list[str]:
     return lines
 
 
-def build_card(checkpoint: Path, reports: list[Path], generation_reports: list[Path] | Path | None, title: str,
+def build_card(checkpoint: Path, reports: list[Path], generation_reports: list[Path], title: str,
                notes: str = "", train_minutes: float | None = None) -> str:
-    if isinstance(generation_reports, Path):
-        generation_reports = [generation_reports]
-    generation_reports = list(generation_reports or [])
     cfg = _read(checkpoint / "config.json")
     meta = _read(checkpoint / "training_meta.json")
     result = _read(checkpoint / "train_result.json")
