@@ -10,6 +10,10 @@ Files: ``<out>/<suite>/<bddl name>_demo.hdf5`` (LIBERO's naming), ``<out>/<suite
 and ``<out>/generation_report.json``. Rerunning the same command resumes: demos already in a file are
 kept and the attempt counter continues after the last stored one, so the same command gives the same
 data. Attempt ``k`` of a task uses the scene seed ``[seed, suite, task, k]``.
+
+With ``--policy CKPT`` the rollouts are DAgger rounds (``sim_bridge.dagger``): a trained policy drives
+(the expert's action is executed only with probability ``--beta``), the expert labels every visited state,
+and the physics env renders the cameras the policy needs.
 """
 
 from __future__ import annotations
@@ -49,6 +53,11 @@ class GenConfig:
     noise_rot_std: float = 0.0
     noise_corr: float = 0.8  # AR(1) coefficient: correlated noise drifts the arm off the expert's path
     hard_reset: bool = True  # rebuild the model each attempt (see generate_task)
+    # DAgger (Ross et al. 2011): a trained policy drives, the expert labels (sim_bridge.dagger).
+    policy: str = ""  # checkpoint directory; empty: the expert drives (plain demonstrations)
+    policy_backend: str = "native"
+    policy_options: dict = field(default_factory=dict)
+    beta: float = 1.0  # probability that a step executes the expert's action instead of the policy's
 
 
 @dataclass
@@ -79,11 +88,20 @@ def task_file(out: Path, suite: str, bddl_file: str) -> Path:
     return out / suite / (Path(bddl_file).stem + "_demo.hdf5")
 
 
-def rollout(env, expert, seed: int, cfg: GenConfig) -> tuple[bool, np.ndarray, np.ndarray, np.ndarray, str]:
-    """Physics-only expert episode. Returns (success, states, actions, dones, reason)."""
-    env.reset_random(seed)
+def rollout(env, expert, seed: int, cfg: GenConfig,
+            driver=None) -> tuple[bool, np.ndarray, np.ndarray, np.ndarray, str]:
+    """One episode labelled by the expert. Returns (success, states, actions, dones, reason).
+
+    Without ``driver`` the expert drives (physics only). With a ``driver`` (``sim_bridge.dagger.PolicyDriver``)
+    each step executes the expert's action with probability ``cfg.beta``, else the driver's; the stored
+    action is the expert's either way, and DART noise is added to the expert's executed steps only.
+    """
+    obs = env.reset_random(seed)
     expert.rng = np.random.default_rng(seed)
     expert.reset()
+    if driver is not None:
+        driver.reset()
+    mix_rng = np.random.default_rng([seed, 2])
     states, actions = [], []
     limit = round(cfg.max_len_frac * env.max_steps)
     success_at = None
@@ -97,7 +115,13 @@ def rollout(env, expert, seed: int, cfg: GenConfig) -> tuple[bool, np.ndarray, n
         actions.append(a)  # the label is always the clean expert action
         if scale.any():
             noise = cfg.noise_corr * noise + innovation * noise_rng.standard_normal(7)
-        res = env.step(np.clip(a + noise, -1.0, 1.0))
+        executed = np.clip(a + noise, -1.0, 1.0)
+        if driver is not None and mix_rng.random() >= cfg.beta:
+            proposed = driver.act(obs)
+            if proposed is not None:  # an invalid policy output: the expert's action stands in
+                executed = proposed
+        res = env.step(executed)
+        obs = res.obs
         if res.success and success_at is None:
             success_at = len(actions) - 1
         if success_at is not None and (len(actions) - 1 - success_at >= cfg.done_steps or not res.success):
@@ -141,7 +165,16 @@ def generate_task(suite: str, task_id: int, cfg: GenConfig, progress=None) -> Ta
     from training.data.episode import Episode
 
     t0 = time.monotonic()
-    phys = LiberoEpisodeEnv(suite, task_id, cameras=(), end_on_success=False)
+    driver = None
+    cameras: tuple[str, ...] = ()
+    if cfg.policy:
+        from sim_bridge.dagger import PolicyDriver
+
+        driver = PolicyDriver.load(cfg.policy, cfg.policy_backend, cfg.policy_options)
+        cameras = driver.cameras
+    phys = LiberoEpisodeEnv(suite, task_id, cameras=cameras, image_size=cfg.image_size, end_on_success=False)
+    if driver is not None:
+        driver.instruction = phys.instruction
     out = task_file(Path(cfg.out), suite, phys.task.bddl_file)
     report = TaskReport(suite, task_id, phys.instruction, str(out))
     render = None
@@ -162,7 +195,7 @@ def generate_task(suite: str, task_id: int, cfg: GenConfig, progress=None) -> Ta
             expert = ScriptedExpert(phys, seed=cfg.seed)
             while report.kept < cfg.demos_per_task and k < max_attempts:
                 s = attempt_seed(cfg.seed, suite, task_id, k)
-                ok, states, actions, dones, reason = rollout(phys, expert, s, cfg)
+                ok, states, actions, dones, reason = rollout(phys, expert, s, cfg, driver)
                 report.attempts += 1
                 if not ok:
                     report.failures += reason != "too_long"
@@ -177,6 +210,8 @@ def generate_task(suite: str, task_id: int, cfg: GenConfig, progress=None) -> Ta
                 obs = render_episode(render, states)
                 attrs = {"attempt": k, "seed": s, "expert_seed": s, "fast_render": True,
                          "model_file": phys.env.env.sim.model.get_xml() if cfg.model_xml else ""}
+                if driver is not None:
+                    attrs.update(dagger_policy=cfg.policy, dagger_beta=cfg.beta)
                 writer.add(Episode(actions=actions, obs=obs, states=states, dones=dones,
                                    instruction=phys.instruction, attrs=attrs))
                 report.kept += 1
@@ -188,6 +223,8 @@ def generate_task(suite: str, task_id: int, cfg: GenConfig, progress=None) -> Ta
         phys.close()
         if render is not None:
             render.close()
+        if driver is not None:
+            driver.close()
     report.seconds = time.monotonic() - t0
     return report
 
@@ -274,15 +311,28 @@ def main(argv: list[str] | None = None) -> int:
                    help="DART: std of AR(1) noise added to the executed xyz actions (controller units)")
     p.add_argument("--noise-rot", type=float, default=None, help="same for the rotation dims (default: --noise/2)")
     p.add_argument("--soft-reset", action="store_true", help="no model rebuild per attempt (faster, see docs)")
+    p.add_argument("--policy", default="", help="DAgger: checkpoint that drives the rollouts (the expert labels)")
+    p.add_argument("--policy-backend", default="native", help="backend of --policy")
+    p.add_argument("--policy-options", default="{}", help="YAML mapping of backend options of --policy")
+    p.add_argument("--beta", type=float, default=0.5,
+                   help="DAgger: probability that a step executes the expert's action (with --policy)")
     p.add_argument("--no-progress", action="store_true")
     a = p.parse_args(argv)
     if a.demos_per_task < 1 or a.workers < 1:
         p.error("--demos-per-task and --workers must be >= 1")
+    if not 0.0 <= a.beta <= 1.0:
+        p.error("--beta must be in [0, 1]")
+    import yaml
+
+    policy_options = yaml.safe_load(a.policy_options) or {}
+    if not isinstance(policy_options, dict):
+        p.error(f"--policy-options must be a YAML mapping, got {a.policy_options!r}")
     os.environ.setdefault("MUJOCO_GL", "egl")
     cfg = GenConfig(out=a.out, demos_per_task=a.demos_per_task, seed=a.seed, image_size=a.image_size,
                     max_len_frac=a.max_len_frac, done_steps=a.done_steps, model_xml=not a.no_model_xml,
                     noise_std=a.noise, noise_rot_std=a.noise / 2 if a.noise_rot is None else a.noise_rot,
-                    hard_reset=not a.soft_reset)
+                    hard_reset=not a.soft_reset, policy=a.policy, policy_backend=a.policy_backend,
+                    policy_options=policy_options, beta=a.beta if a.policy else 1.0)
     units = [(s, t) for s in a.suites for t in parse_tasks(a.tasks, s)]
     for s in a.suites:
         max_steps_for(s)  # validates
