@@ -171,6 +171,26 @@ def test_train_init_from_takes_the_new_data_statistics(tmp_path, capsys):
     assert list(stats_b) == ["d2"]
 
 
+def test_train_init_from_can_keep_its_own_statistics(tmp_path, capsys):
+    from training.train import main
+
+    _write(tmp_path / "d1" / "task.hdf5", [_episode(0), _episode(1)])
+    _write(tmp_path / "d2" / "task.hdf5", [_episode(2), _episode(3)])
+    common = ["--preset", "test-fused", "--batch-size", "4", "--no-progress", "--text-vocab-size", "300"]
+    assert main([*common, "--data", str(tmp_path / "d1"), "--out", str(tmp_path / "a"), "--steps", "1"]) == 0
+    assert main([*common, "--data", str(tmp_path / "d2"), "--out", str(tmp_path / "b"), "--steps", "1",
+                 "--init-from", str(tmp_path / "a"), "--keep-statistics"]) == 0
+    assert "keeping the statistics 'd1'" in capsys.readouterr().out
+    stats_a = json.loads((tmp_path / "a" / "dataset_statistics.json").read_text())
+    stats_b = json.loads((tmp_path / "b" / "dataset_statistics.json").read_text())
+    assert stats_b == stats_a  # the bins of the model it started from, not d2's
+    assert json.loads((tmp_path / "b" / "config.json").read_text())["norm_stats"] == stats_a
+    # without a model to keep them from, the flag is an error
+    assert main([*common, "--data", str(tmp_path / "d2"), "--out", str(tmp_path / "c"), "--steps", "1",
+                 "--keep-statistics"]) == 2
+    assert "--keep-statistics needs --init-from" in capsys.readouterr().err
+
+
 def test_bin_edge_shift_is_relative_to_the_old_range():
     from training.train import bin_edge_shift
 

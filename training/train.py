@@ -115,6 +115,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--init-from", type=Path, default=None,
                    help="start from this policy directory's weights and tokenizer (fresh optimizer and schedule; "
                         "its inputs, chunk and done token are kept; the action statistics become the data's)")
+    p.add_argument("--keep-statistics", action="store_true",
+                   help="with --init-from: keep its action statistics (its 256 bins) instead of the data's; "
+                        "actions outside its q01..q99 are clipped to the end bins")
     add_loop_args(p, batch_size=32, grad_accum=1, lr=3e-4, steps=2000, schedule="cosine", warmup=100)
     return p
 
@@ -149,9 +152,19 @@ def main(argv: list[str] | None = None) -> int:
         # the bins are re-cut on the new data's q01/q99; on more data of the same robot they barely move, and
         # the printed shift says when they do (fine-tuning on another robot's ranges relearns the tokens)
         shift = bin_edge_shift(next(iter(old_stats.values())), stats[key])
-        print(f"vla-ros train: statistics {list(old_stats)} of {a.init_from} -> {key!r} of the data; "
-              f"largest q01/q99 shift {shift:.1%} of the action range")
+        if a.keep_statistics:
+            # a fine-tune that should only add data: the tokens keep their meaning (no bin moves under it)
+            (key,) = old_stats
+            stats = dict(old_stats)
+            print(f"vla-ros train: keeping the statistics {key!r} of {a.init_from} (the data's would move the "
+                  f"bins by up to {shift:.1%} of the action range)")
+        else:
+            print(f"vla-ros train: statistics {list(old_stats)} of {a.init_from} -> {key!r} of the data; "
+                  f"largest q01/q99 shift {shift:.1%} of the action range")
         model.config.norm_stats = stats
+    elif a.keep_statistics:
+        print("vla-ros train: --keep-statistics needs --init-from", file=sys.stderr)
+        return 2
     else:
         model, tokenizer = build_model(a.preset, instructions, stats, text_vocab_size=a.text_vocab_size,
                                        predict_done=a.predict_done, action_chunk=a.action_chunk, seed=a.seed,
