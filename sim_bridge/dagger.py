@@ -32,8 +32,6 @@ class PolicyDriver:
         self.controller = controller or ControllerConfig()
         self.controller.validate()
         self.instruction = ""
-        self.decisions = 0
-        self.invalid = 0
 
     @classmethod
     def load(cls, checkpoint: str, backend: str = "native", options: dict | None = None) -> PolicyDriver:
@@ -56,8 +54,6 @@ class PolicyDriver:
             raise RuntimeError("set PolicyDriver.instruction to the task's instruction first")
         action, _done = policy_step(self.policy, obs.images["agentview"], self.instruction, self.controller,
                                     policy_inputs(self.policy, obs))
-        self.decisions += 1
-        self.invalid += action is None
         return action
 
     def close(self) -> None:

@@ -124,6 +124,9 @@ def parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     a = parser().parse_args(argv)
+    if a.keep_statistics and a.init_from is None:
+        print("vla-ros train: --keep-statistics needs --init-from", file=sys.stderr)
+        return 2
     try:
         cfg = loop_config(a)
         from vla_ros.models.prismatic import make_config
@@ -154,17 +157,14 @@ def main(argv: list[str] | None = None) -> int:
         shift = bin_edge_shift(next(iter(old_stats.values())), stats[key])
         if a.keep_statistics:
             # a fine-tune that should only add data: the tokens keep their meaning (no bin moves under it)
-            (key,) = old_stats
-            stats = dict(old_stats)
+            key = next(iter(old_stats))  # the entry the shift above was measured against
+            stats = {key: old_stats[key]}
             print(f"vla-ros train: keeping the statistics {key!r} of {a.init_from} (the data's would move the "
                   f"bins by up to {shift:.1%} of the action range)")
         else:
             print(f"vla-ros train: statistics {list(old_stats)} of {a.init_from} -> {key!r} of the data; "
                   f"largest q01/q99 shift {shift:.1%} of the action range")
         model.config.norm_stats = stats
-    elif a.keep_statistics:
-        print("vla-ros train: --keep-statistics needs --init-from", file=sys.stderr)
-        return 2
     else:
         model, tokenizer = build_model(a.preset, instructions, stats, text_vocab_size=a.text_vocab_size,
                                        predict_done=a.predict_done, action_chunk=a.action_chunk, seed=a.seed,
