@@ -8,6 +8,8 @@
 # here, and compare the printed sha256.
 # Set STEPS so that STEPS / (~14 steps/s) fits MINUTES: the cosine schedule should end before the time limit.
 # Decoding the videos comes first (~2 min for 114k steps): MINUTES + that must fit the 10-minute command limit.
+# NPROC=N (environment) trains data-parallel on N GPUs of the machine with `accelerate launch` (batch 64 a GPU;
+# WORKERS a process). Run the same command again to go on: training resumes from /root/runs/NAME.
 set -eo pipefail
 DATA=$1; NAME=$2; MIN=$3; STEPS=$4; W=$5; shift 5
 IFS=, read -ra DATA_PATHS <<< "$DATA"
@@ -16,7 +18,15 @@ RUN=/root/runs/$NAME
 mkdir -p /root/runs "$OUT/$NAME"
 nvidia-smi --query-gpu=name,memory.total --format=csv,noheader || echo "no nvidia-smi: CPU run"
 python -c "import torch, transformers, timm; print('torch', torch.__version__, 'transformers', transformers.__version__, 'timm', timm.__version__)"
-PYTHONPATH=. python -m training.train --data "${DATA_PATHS[@]}" --preset tiny-128 --out "$RUN" \
+NPROC=${NPROC:-1}
+if [ "$NPROC" -gt 1 ]; then
+  # one math thread a process: the DataLoader workers use the cores (docs/benchmarks.md, 4-GPU row)
+  export OMP_NUM_THREADS=1
+  LAUNCH=(accelerate launch --multi_gpu --num_processes "$NPROC" -m training.train)
+else
+  LAUNCH=(python -m training.train)
+fi
+PYTHONPATH=. "${LAUNCH[@]}" --data "${DATA_PATHS[@]}" --preset tiny-128 --out "$RUN" \
   --num-workers "$W" --batch-size 64 --steps "$STEPS" --max-minutes "$MIN" --save-every-minutes 4 --keep-checkpoints 1 \
   --wrist --proprio --predict-done --augment --no-progress --log-every 200 "$@" 2>&1 \
   | grep --line-buffered -v "^\s*$" | tail -n 120
