@@ -9,6 +9,7 @@ import sys
 import pytest
 
 from helpers import REPO
+from vla_ros.demo import bundled_model
 
 
 @pytest.mark.ros
@@ -23,7 +24,7 @@ def test_demo_runs_an_episode_and_writes_a_video(tmp_path):
     assert res.returncode == 0, out[-4000:]
     assert "[demo] instruction: 'pick up the black bowl" in out
     assert "result: failure (step_limit) after 8 steps" in out or "result: SUCCESS" in out
-    if not (REPO / "models" / "vla_ros_libero_small" / "config.json").exists():
+    if bundled_model("libero_spatial") is None:
         assert "no trained model ships" in out  # says so plainly, never pretends
     videos = list(tmp_path.glob("*.mp4"))
     assert len(videos) == 1

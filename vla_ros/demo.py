@@ -3,8 +3,8 @@
 Starts the `libero_sim` graph (sim_bridge_node + vla_policy_node) with the pip runner, watches the
 episode status, prints the instruction, a progress bar, steps, success and timing, and leaves an mp4 of
 the agentview camera (with a JSON sidecar) in the output directory. The policy is the project's
-bundled trained checkpoint when one ships (``models/``); until then it says so plainly and runs a
-randomly initialised small model, which shows the whole graph working but does not solve the task.
+bundled trained checkpoint for the suite when one ships (``models/``); until then it says so plainly and
+runs a randomly initialised small model, which shows the whole graph working but does not solve the task.
 """
 
 from __future__ import annotations
@@ -16,15 +16,29 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-BUNDLED_MODEL = REPO / "models" / "vla_ros_libero_small"
+MODELS = REPO / "models"
+# The project's trained checkpoints (docs/training.md, Results): one trained on libero_spatial and
+# libero_object together, and a libero_spatial specialist that beats it there (OpenVLA, too, fine-tunes
+# one checkpoint per suite). A suite without its own checkpoint gets the one trained on both.
+BUNDLED_MODEL = MODELS / "vla_ros_libero_small"
+SUITE_MODELS = {"libero_spatial": MODELS / "vla_ros_libero_spatial"}
 RANDOM_MODEL_CACHE = REPO / "data" / "demo_random_model"
 DEMO_PRESET = "tiny-128"
 
 
-def demo_model() -> tuple[Path, bool]:
-    """(checkpoint directory, trained?) — the bundled model, or a random small one built once."""
-    if (BUNDLED_MODEL / "config.json").is_file():
-        return BUNDLED_MODEL, True
+def bundled_model(suite: str) -> Path | None:
+    """The shipped checkpoint for a suite: its own if one ships, else the one trained on both suites."""
+    for path in (SUITE_MODELS.get(suite), BUNDLED_MODEL):
+        if path is not None and (path / "config.json").is_file():
+            return path
+    return None
+
+
+def demo_model(suite: str = "libero_spatial") -> tuple[Path, bool]:
+    """(checkpoint directory, trained?) — the bundled model for the suite, or a random small one built once."""
+    bundled = bundled_model(suite)
+    if bundled is not None:
+        return bundled, True
     if not (RANDOM_MODEL_CACHE / "config.json").is_file():
         from vla_ros.backends.native import random_policy
         from vla_ros.models.prismatic.checkpoint import save_checkpoint
@@ -57,7 +71,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-steps", type=int, default=0, help="0: the suite's step limit")
     parser.add_argument("--seed", type=int, default=7,
                         help="simulator seed; 7 is the evaluation protocol's (vla-ros eval, OpenVLA's run_libero_eval)")
-    parser.add_argument("--model", default="", help="checkpoint directory (default: the bundled model)")
+    parser.add_argument("--model", default="", help="checkpoint directory (default: the suite's bundled model)")
     parser.add_argument("--backend", default="native")
     parser.add_argument("--output", default=str(REPO / "outputs" / "demo"), help="where the mp4 goes")
     parser.add_argument("--timeout", type=float, default=900.0, help="give up after this many seconds")
@@ -67,7 +81,7 @@ def main(argv: list[str] | None = None) -> int:
     if opts.model:
         model, trained = Path(opts.model), True
     else:
-        model, trained = demo_model()
+        model, trained = demo_model(opts.suite)
         if trained:
             print(f"[demo] policy: bundled trained checkpoint {model.relative_to(REPO)}")
         else:
