@@ -13,6 +13,9 @@ from setuptools import find_packages, setup
 
 PACKAGE = "vla_ros"
 HERE = Path(__file__).resolve().parent
+# Repository folder -> import name under vla_ros (docs/architecture.md, "Packages and import names"): a generic
+# top-level name such as `training` could collide with another distribution in a user's environment.
+PACKAGE_FOLDERS = {"sim_bridge": "sim", "training": "training"}
 
 
 def requirements(name: str) -> list[str]:
@@ -80,7 +83,11 @@ EXTRAS = {
 setup(
     name=PACKAGE,
     version="0.1.0",
-    packages=find_packages(include=["vla_ros", "vla_ros.*", "sim_bridge", "sim_bridge.*", "training", "training.*"]),
+    # Everything installs under the project's name; the repository keeps the folders of the design card.
+    packages=[*find_packages(include=["vla_ros", "vla_ros.*"]),
+              *(f"vla_ros.{name}{sub}" for folder, name in PACKAGE_FOLDERS.items()
+                for sub in ["", *(f".{p}" for p in find_packages(folder))])],
+    package_dir={f"vla_ros.{name}": folder for folder, name in PACKAGE_FOLDERS.items()},
     data_files=[
         ("share/ament_index/resource_index/packages", [f"resource/{PACKAGE}"]),
         (f"share/{PACKAGE}", ["package.xml"]),
@@ -99,7 +106,7 @@ setup(
         "console_scripts": [
             # nodes (ros2 run vla_ros <name>)
             "vla_policy_node = vla_ros.nodes.policy_node:main",
-            "sim_bridge_node = sim_bridge.bridge_node:main",
+            "sim_bridge_node = vla_ros.nodes.sim_bridge_node:main",
             "vla_bag_recorder = vla_ros.nodes.bag_recorder:main",
             # the project's own CLI (works without the ros2 command)
             "vla-ros = vla_ros.cli:main",

@@ -44,7 +44,7 @@ def actions(n: int) -> np.ndarray:
 
 
 def bench_bare(args, seq: np.ndarray) -> float:
-    from sim_bridge.libero_env import LiberoEpisodeEnv
+    from vla_ros.sim.libero_env import LiberoEpisodeEnv
 
     env = LiberoEpisodeEnv(args.suite, args.task, image_size=args.image_size, cameras=tuple(args.cameras),
                            fast_render=args.fast_render, max_steps=len(seq) + 10)
@@ -68,7 +68,7 @@ def bench_bridge(args, seq: np.ndarray, log_dir: Path) -> tuple[float, dict]:
     import rclpy
     from rclpy.executors import SingleThreadedExecutor
 
-    from sim_bridge.client import BridgeClient
+    from vla_ros.nodes.sim_client import BridgeClient
 
     exe = shutil.which("sim_bridge_node", path=str(Path(sys.executable).parent)) or "sim_bridge_node"
     cams = "[" + ",".join(args.cameras) + "]"

@@ -14,10 +14,10 @@ from pathlib import Path
 
 import numpy as np
 
-from training.data.libero_hdf5 import LiberoHdf5Reader
-from training.data.statistics import keep_indices
 from vla_ros.action_tokenizer import ActionTokenizer
 from vla_ros.conventions import LIBERO_ACTION_SPACE
+from vla_ros.data.libero_hdf5 import LiberoHdf5Reader
+from vla_ros.data.statistics import keep_indices
 from vla_ros.normalization import ActionNormalizer, compute_action_statistics
 
 DIMS = ("dx", "dy", "dz", "dax", "day", "daz")

@@ -25,10 +25,10 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from training.finetune import attach_lora, lora_config
 from vla_ros.models.prismatic.checkpoint import random_model
 from vla_ros.models.prismatic.modeling_prismatic import IGNORE_INDEX
 from vla_ros.models.prismatic.presets import make_config
+from vla_ros.training.finetune import attach_lora, lora_config
 
 PROMPT_TOKENS = 20
 

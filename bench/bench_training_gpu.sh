@@ -28,13 +28,13 @@ python -c "import torch, transformers, peft, accelerate, bitsandbytes, timm; pri
 LORA_QUANTS=${LORA_QUANTS:-"4bit 8bit"}
 PRESETS=${PRESETS:-$PRESET}
 train1() {  # $1 preset
-  CUDA_VISIBLE_DEVICES=${2:-0} timeout 150 python -m training.train $TRAIN_ARGS --preset "$1" --out "/tmp/train1_$1" \
+  CUDA_VISIBLE_DEVICES=${2:-0} timeout 150 python -m vla_ros.training.train $TRAIN_ARGS --preset "$1" --out "/tmp/train1_$1" \
     >"$LOGS/train1_$1.log" 2>&1 || echo "1-GPU $1 failed: $(tail -3 "$LOGS/train1_$1.log")"
   cp "/tmp/train1_$1/train_result.json" "$OUT/train1_$1.json" 2>/dev/null
 }
 train2() {
   timeout 150 python -m accelerate.commands.launch --multi_gpu --num_processes 2 --mixed_precision bf16 \
-    -m training.train $TRAIN_ARGS --preset "$1" --out "/tmp/train2_$1" >"$LOGS/train2_$1.log" 2>&1 \
+    -m vla_ros.training.train $TRAIN_ARGS --preset "$1" --out "/tmp/train2_$1" >"$LOGS/train2_$1.log" 2>&1 \
     || echo "2-GPU $1 failed: $(tail -5 "$LOGS/train2_$1.log")"
   cp "/tmp/train2_$1/train_result.json" "$OUT/train2_$1.json" 2>/dev/null
 }

@@ -1,6 +1,6 @@
 #!/bin/bash
 # Train tiny-128 on one lent GPU from a compact dataset, the way docs/training.md's runs were made.
-#   usage: scripts/device_train.sh DATA NAME MINUTES STEPS WORKERS [more training.train flags, e.g. --init-from DIR]
+#   usage: scripts/device_train.sh DATA NAME MINUTES STEPS WORKERS [more vla_ros.training.train flags, e.g. --init-from DIR]
 #   DATA may name several datasets, comma-separated: they train as one (statistics over all of them).
 # Runs on the device machine from the repo root (DATA carried there, e.g. .carry/libero_scripted_v3). The policy
 # comes back under $OUT/NAME as policy_json.tar plus the weights split in 12 MiB parts (a single 36 MiB file is
@@ -22,9 +22,9 @@ NPROC=${NPROC:-1}
 if [ "$NPROC" -gt 1 ]; then
   # one math thread a process: the DataLoader workers use the cores (docs/benchmarks.md, 4-GPU row)
   export OMP_NUM_THREADS=1
-  LAUNCH=(accelerate launch --multi_gpu --num_processes "$NPROC" -m training.train)
+  LAUNCH=(accelerate launch --multi_gpu --num_processes "$NPROC" -m vla_ros.training.train)
 else
-  LAUNCH=(python -m training.train)
+  LAUNCH=(python -m vla_ros.training.train)
 fi
 PYTHONPATH=. "${LAUNCH[@]}" --data "${DATA_PATHS[@]}" --preset tiny-128 --out "$RUN" \
   --num-workers "$W" --batch-size 64 --steps "$STEPS" --max-minutes "$MIN" --save-every-minutes 4 --keep-checkpoints 1 \

@@ -45,8 +45,10 @@ if ! stage_done python-deps "$h"; then
   $PIP install -c "$CONSTRAINTS" torch torchvision
   # The project's own dependency groups (setup.py is the one list of names). --no-deps on the
   # project itself is not possible here: we want the groups' dependencies, under the constraints.
-  # compat mode: a path entry, so packages added later are importable without reinstalling.
-  $PIP install -c "$CONSTRAINTS" -e ".[ros,sim,train,dev]" --config-settings editable_mode=compat
+  # lenient mode: sim_bridge/ and training/ install as vla_ros.sim and vla_ros.training (setup.py's
+  # package_dir); setuptools' editable finder maps those names to the folders, and modules added to any
+  # of the three later are importable without reinstalling.
+  $PIP install -c "$CONSTRAINTS" -e ".[ros,sim,train,dev]" --config-settings editable_mode=lenient
   # `pip install libero` pulls robomimic -> a CUDA torch and mujoco 4, with which robosuite 1.4
   # fails (binding_utils.get_joint_qpos_addr). LIBERO's own runtime deps are in the `sim` group.
   $PIP install -c "$CONSTRAINTS" --no-deps libero

@@ -4,11 +4,11 @@ A policy trained on expert demonstrations only ever saw the expert's states; onc
 it elsewhere (a bowl carried a few centimetres off the plate, a hand hovering at the wrong height) it has no
 data for getting back. DAgger (Ross, Gordon and Bagnell 2011) collects exactly those states: roll out the
 policy, ask the expert what it would do in each visited state, add the pairs to the data and retrain. The
-expert in :mod:`sim_bridge.expert` is a function of the simulator state (plus its phase, which it advances
+expert in :mod:`vla_ros.sim.expert` is a function of the simulator state (plus its phase, which it advances
 from that state), so it can label states it did not produce.
 
 Each step executes the expert's action with probability ``beta`` and the policy's otherwise (the mixture
-policy of the paper's round ``i``, ``beta_i``); ``sim_bridge.generate_demos`` stores the expert's label either
+policy of the paper's round ``i``, ``beta_i``); ``vla_ros.sim.generate_demos`` stores the expert's label either
 way and keeps the episodes that end with the goal holding, in the usual demonstration files. Use it as
 ``vla-ros generate-demos --policy CKPT --beta 0.5 ...``; the scenes are fresh random resets, as for
 demonstrations, never the suites' fixed evaluation init states.
@@ -18,10 +18,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from sim_bridge.libero_env import Observation
-from sim_bridge.rollout import policy_inputs, policy_step
 from vla_ros.controller import ControllerConfig
 from vla_ros.policy import Policy
+from vla_ros.sim.libero_env import Observation
+from vla_ros.sim.rollout import policy_inputs, policy_step
 
 
 class PolicyDriver:

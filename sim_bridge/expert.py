@@ -9,7 +9,7 @@ phases approach -> descend -> grasp -> (extract from under an overhang) -> lift 
 Every action is a function of the current simulator state and of the expert's phase (plus the
 per-episode random offsets drawn at :meth:`ScriptedExpert.reset`), so the expert can label states
 a learner visits (DAgger) as well as drive its own episodes. It needs LIBERO, so it lives beside
-the LIBERO protocol (``sim_bridge.libero_env``) and not in ``training/``.
+the LIBERO protocol (``vla_ros.sim.libero_env``) and not in ``training/``.
 """
 
 from __future__ import annotations
@@ -625,7 +625,7 @@ def evaluate(suite: str, task_ids: list[int], init_states: list[int], seed: int 
     import json
     import os
 
-    from sim_bridge.libero_env import LiberoEpisodeEnv
+    from vla_ros.sim.libero_env import LiberoEpisodeEnv
 
     done: dict[tuple[int, int], dict] = {}
     if log_path and os.path.isfile(log_path):  # resume: episodes already in the log count as run
@@ -634,8 +634,8 @@ def evaluate(suite: str, task_ids: list[int], init_states: list[int], seed: int 
                 r = json.loads(line)
                 if r.get("suite") == suite:
                     done[(r["task"], r["init_state"])] = r
-    from sim_bridge.libero_env import task_names
     from vla_ros.conventions import max_steps_for
+    from vla_ros.sim.libero_env import task_names
 
     names = task_names(suite)
     results: dict[int, dict] = {}
@@ -678,7 +678,7 @@ def evaluate(suite: str, task_ids: list[int], init_states: list[int], seed: int 
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m sim_bridge.expert``: the expert's success rate on the suites' fixed init states."""
+    """``python -m vla_ros.sim.expert``: the expert's success rate on the suites' fixed init states."""
     import argparse
     import json
 
@@ -692,7 +692,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--report-only", action="store_true", help="only summarise the init states in --log")
     p.add_argument("--block", type=int, default=0, help="run init states in blocks of N across tasks (needs --log)")
     a = p.parse_args(argv)
-    from sim_bridge.libero_env import task_names
+    from vla_ros.sim.libero_env import task_names
 
     n_tasks = len(task_names(a.suite))
     tasks = list(range(n_tasks)) if a.tasks == "all" else [int(t) for t in a.tasks.split(",")]

@@ -1,7 +1,7 @@
 """``vla-ros generate-demos``: scripted-expert demonstrations in LIBERO's HDF5 layout.
 
 For each task: fresh random scenes (``LiberoEpisodeEnv.reset_random``; never the suites' fixed init
-states, which are the evaluation set), a physics-only rollout of :class:`sim_bridge.expert.ScriptedExpert`
+states, which are the evaluation set), a physics-only rollout of :class:`vla_ros.sim.expert.ScriptedExpert`
 storing the MuJoCo state of every step, and, for successful rollouts only, the images and proprio
 rendered afterwards by replaying the saved states in a second env with cameras (LIBERO's own
 ``regenerate_obs_from_state``). Failed rollouts cost physics only.
@@ -11,7 +11,7 @@ and ``<out>/generation_report.json``. Rerunning the same command resumes: demos 
 kept and the attempt counter continues after the last stored one, so the same command gives the same
 data. Attempt ``k`` of a task uses the scene seed ``[seed, suite, task, k]``.
 
-With ``--policy CKPT`` the rollouts are DAgger rounds (``sim_bridge.dagger``): a trained policy drives
+With ``--policy CKPT`` the rollouts are DAgger rounds (``vla_ros.sim.dagger``): a trained policy drives
 (the expert's action is executed only with probability ``--beta``), the expert labels every visited state,
 and the physics env renders the cameras the policy needs.
 """
@@ -53,7 +53,7 @@ class GenConfig:
     noise_rot_std: float = 0.0
     noise_corr: float = 0.8  # AR(1) coefficient: correlated noise drifts the arm off the expert's path
     hard_reset: bool = True  # rebuild the model each attempt (see generate_task)
-    # DAgger (Ross et al. 2011): a trained policy drives, the expert labels (sim_bridge.dagger).
+    # DAgger (Ross et al. 2011): a trained policy drives, the expert labels (vla_ros.sim.dagger).
     policy: str = ""  # checkpoint directory; empty: the expert drives (plain demonstrations)
     policy_backend: str = "native"
     policy_options: dict = field(default_factory=dict)
@@ -92,7 +92,7 @@ def rollout(env, expert, seed: int, cfg: GenConfig,
             driver=None) -> tuple[bool, np.ndarray, np.ndarray, np.ndarray, str]:
     """One episode labelled by the expert. Returns (success, states, actions, dones, reason).
 
-    Without ``driver`` the expert drives (physics only). With a ``driver`` (``sim_bridge.dagger.PolicyDriver``)
+    Without ``driver`` the expert drives (physics only). With a ``driver`` (``vla_ros.sim.dagger.PolicyDriver``)
     each step executes the expert's action with probability ``cfg.beta``, else the driver's; the stored
     action is the expert's either way, and DART noise is added to the expert's executed steps only.
     """
@@ -160,15 +160,15 @@ def render_episode(render_env, states: np.ndarray) -> dict[str, np.ndarray]:
 
 def generate_task(suite: str, task_id: int, cfg: GenConfig, progress=None) -> TaskReport:
     """Fill one task's file up to ``cfg.demos_per_task`` successful demos (resuming what is there)."""
-    from sim_bridge.expert import ScriptedExpert
-    from sim_bridge.libero_env import LiberoEpisodeEnv
-    from training.data.episode import Episode
+    from vla_ros.data.episode import Episode
+    from vla_ros.sim.expert import ScriptedExpert
+    from vla_ros.sim.libero_env import LiberoEpisodeEnv
 
     t0 = time.monotonic()
     driver = None
     cameras: tuple[str, ...] = ()
     if cfg.policy:
-        from sim_bridge.dagger import PolicyDriver
+        from vla_ros.sim.dagger import PolicyDriver
 
         driver = PolicyDriver.load(cfg.policy, cfg.policy_backend, cfg.policy_options)
         cameras = driver.cameras
@@ -235,7 +235,7 @@ def _open_writer(out: Path, env, cfg: GenConfig):
     from libero.libero import get_libero_path
     from libero.libero.envs.bddl_utils import get_problem_info
 
-    from training.data.libero_hdf5 import LiberoHdf5Writer
+    from vla_ros.data.libero_hdf5 import LiberoHdf5Writer
 
     bddl = os.path.join(get_libero_path("bddl_files"), env.task.problem_folder, env.task.bddl_file)
     info = get_problem_info(bddl)
@@ -263,8 +263,8 @@ def _worker(args: tuple) -> dict:
 
 def write_statistics(out: Path, suites: list[str]) -> list[Path]:
     """``<out>/<suite>/dataset_statistics.json`` over every file of the suite (no-ops filtered)."""
-    from training.data.libero_hdf5 import LiberoHdf5Reader, dataset_files
-    from training.data.statistics import write_statistics as write
+    from vla_ros.data.libero_hdf5 import LiberoHdf5Reader, dataset_files
+    from vla_ros.data.statistics import write_statistics as write
 
     written = []
     for suite in suites:
@@ -282,7 +282,7 @@ def write_statistics(out: Path, suites: list[str]) -> list[Path]:
 
 
 def parse_tasks(spec: str, suite: str) -> list[int]:
-    from sim_bridge.libero_env import task_names
+    from vla_ros.sim.libero_env import task_names
 
     n = len(task_names(suite))
     if spec == "all":

@@ -16,38 +16,16 @@ functions, so both routes give the same actions and outcome for one seed:
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
-from sim_bridge.libero_env import LiberoEpisodeEnv, Observation
-from sim_bridge.recording import EpisodeRecorder
 from vla_ros.action_conversion import command_to_libero
 from vla_ros.controller import ControllerConfig, shape_action
+from vla_ros.data.results import EpisodeResult
 from vla_ros.policy import Policy
 from vla_ros.proprio import PROPRIO_LAYOUT, proprio_vector
-
-
-@dataclass
-class EpisodeResult:
-    suite: str
-    task_id: int
-    init_state_id: int
-    instruction: str
-    success: bool
-    steps: int
-    reason: str  # success, step_limit, policy_done, invalid_output, policy_timeout, ...
-    wall_s: float = 0.0
-    episode_id: int = 0
-    invalid_outputs: int = 0
-    video: str | None = None
-    actions: list[list[float]] = field(default_factory=list)  # LIBERO controller actions sent, one per step
-
-    def to_dict(self, with_actions: bool = False) -> dict:
-        d = asdict(self)
-        if not with_actions:
-            d.pop("actions")
-        return d
+from vla_ros.sim.libero_env import LiberoEpisodeEnv, Observation
+from vla_ros.sim.recording import EpisodeRecorder
 
 
 def policy_inputs(policy: Policy, obs: Observation) -> dict:

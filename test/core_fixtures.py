@@ -72,8 +72,8 @@ def save_openvla_layout(out: Path) -> tuple[Path, PrismaticForActionPrediction]:
 def save_wrist_proprio(out: Path, seed: int = 3) -> Path:
     """A tiny random native policy directory that takes the wrist camera and the eef_rot6d_gripper proprio
     (``extra_images=["wrist"]``, proprio statistics of random poses), one dataset's statistics."""
-    from training.checkpoint import build_model, save_policy
     from vla_ros.proprio import proprio_statistics, proprio_vector
+    from vla_ros.training.checkpoint import build_model, save_policy
 
     rng = np.random.default_rng(0)
     samples = proprio_vector(rng.normal(0, 0.2, (64, 3)), rng.normal(size=(64, 4)), rng.uniform(0, 0.04, (64, 2)))

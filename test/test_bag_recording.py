@@ -15,13 +15,13 @@ from sensor_msgs.msg import Image, JointState
 from std_msgs.msg import String
 
 from helpers import wait_for
-from training.data.bag_convert import read_bag
-from training.data.libero_hdf5 import LiberoHdf5Reader, check_libero_layout
 from vla_ros.config import topics
 from vla_ros.conventions import flip_image
+from vla_ros.data.libero_hdf5 import LiberoHdf5Reader, check_libero_layout
 from vla_ros.image_codec import fill_image_msg
 from vla_ros.nodes.bag_recorder import BagRecorder
 from vla_ros.nodes.qos import command_qos, image_qos
+from vla_ros.training.data.bag_convert import read_bag
 from vla_ros_msgs.msg import VlaAction
 
 pytestmark = pytest.mark.ros
@@ -122,7 +122,7 @@ def test_recorded_bag_converts_to_dataset(graph, tmp_path):
     assert ep.obs["gripper_states"][0].tolist() == [0.04, -0.04]
     assert ep.dones.tolist() == [0] * (n - 1) + [1]
 
-    from training.data.bag_convert import convert_bag
+    from vla_ros.training.data.bag_convert import convert_bag
 
     out = tmp_path / "real" / "put_the_bowl_on_the_plate_demo.hdf5"
     convert_bag(bag, out, source_flip="rot180")

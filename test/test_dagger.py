@@ -1,4 +1,4 @@
-"""DAgger rollouts: the policy's actions are executed, the expert's are stored (sim_bridge.dagger)."""
+"""DAgger rollouts: the policy's actions are executed, the expert's are stored (vla_ros.sim.dagger)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import h5py
 import numpy as np
 import pytest
 
-from sim_bridge.generate_demos import GenConfig, main, rollout
+from vla_ros.sim.generate_demos import GenConfig, main, rollout
 
 
 class FakeEnv:
@@ -103,7 +103,7 @@ def test_dagger_options_are_checked(capsys):
 @pytest.mark.slow
 def test_a_dagger_round_with_the_shipped_policy_writes_expert_labelled_demos(tmp_path):
     pytest.importorskip("robosuite", reason="LIBERO's simulation stack is not installed")
-    from vla_ros.demo import BUNDLED_MODEL
+    from vla_ros.shipped import BUNDLED_MODEL
 
     shipped_model_dir = BUNDLED_MODEL
     out = tmp_path / "dagger"

@@ -10,9 +10,9 @@ import pytest
 
 pytest.importorskip("robosuite", reason="LIBERO's simulation stack is not installed")
 
-from sim_bridge.generate_demos import attempt_seed, main
-from training.data.libero_hdf5 import LiberoHdf5Reader, check_libero_layout, dataset_files
 from vla_ros.conventions import flip_image
+from vla_ros.data.libero_hdf5 import LiberoHdf5Reader, check_libero_layout, dataset_files
+from vla_ros.sim.generate_demos import attempt_seed, main
 
 
 def test_attempt_seeds_are_stable_and_distinct():

@@ -9,12 +9,12 @@ import h5py
 import numpy as np
 import pytest
 
-from training.data.compact import CompactDataset, dir_size, export_compact, export_hdf5_dir
-from training.data.episode import Episode, axis_angle_to_quat_xyzw, quat_xyzw_to_axis_angle
-from training.data.libero_hdf5 import LiberoHdf5Reader, LiberoHdf5Writer, check_libero_layout
-from training.data.statistics import compute_statistics, noop_mask, write_statistics
 from vla_ros.conventions import flip_image
+from vla_ros.data.episode import Episode, axis_angle_to_quat_xyzw, quat_xyzw_to_axis_angle
+from vla_ros.data.libero_hdf5 import LiberoHdf5Reader, LiberoHdf5Writer, check_libero_layout
+from vla_ros.data.statistics import compute_statistics, noop_mask, write_statistics
 from vla_ros.normalization import ActionNormalizer, load_statistics
+from vla_ros.training.data.compact import CompactDataset, dir_size, export_compact, export_hdf5_dir
 
 
 def make_episode(t: int = 12, seed: int = 0, size: int = 32, instruction: str = "put the bowl on the plate") -> Episode:
@@ -207,8 +207,8 @@ def test_training_data_imports_neither_ros_nor_libero():
     """training/ runs on the GPU machine: no rclpy, no LIBERO/robosuite/MuJoCo behind its imports."""
     import subprocess
 
-    code = ("import sys, training.data, training.data.bag_convert, training.data.compact, "
-            "training.data.statistics, training.data.libero_hdf5; "
+    code = ("import sys, vla_ros.training.data, vla_ros.training.data.bag_convert, vla_ros.training.data.compact, "
+            "vla_ros.data.statistics, vla_ros.data.libero_hdf5; "
             "print(sorted(m for m in ('rclpy', 'libero', 'robosuite', 'mujoco') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
     assert out.stdout.strip().splitlines()[-1] == "[]", out.stdout

@@ -9,7 +9,7 @@ import sys
 import pytest
 
 from helpers import REPO
-from vla_ros.demo import bundled_model
+from vla_ros.shipped import bundled_model
 
 
 @pytest.mark.ros

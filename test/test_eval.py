@@ -1,4 +1,4 @@
-"""training/eval.py: the report (Wilson intervals, how episodes ended), the worker plan, and short LIBERO episodes
+"""vla-ros eval (training/eval.py, the ROS route in vla_ros/nodes/eval_client.py): the report (Wilson intervals, how episodes ended), the worker plan, and short LIBERO episodes
 in-process and through the ROS graph (sim_bridge + vla_policy_node, lockstep) giving the same actions and
 outcome for one seed, with a tiny native checkpoint whose LoRA adapter the node loads through its parameter."""
 
@@ -16,8 +16,8 @@ import numpy as np
 import psutil
 import pytest
 
-from training.eval import make_specs, parse_tasks, parser, plan_workers
-from training.eval_report import build_report, wilson_interval
+from vla_ros.training.eval import make_specs, parse_tasks, parser, plan_workers
+from vla_ros.training.eval_report import build_report, wilson_interval
 
 
 def test_wilson_interval_matches_known_values():
@@ -59,7 +59,12 @@ def test_ros_workers_get_distinct_domains(tmp_path, monkeypatch):
     monkeypatch.setenv("ROS_DOMAIN_ID", "100")
     a = parser().parse_args(["--backend", "debug", "--tasks", "0-3", "--episodes-per-task", "2", "--workers", "3",
                              "--route", "ros", "--out", str(tmp_path)])
-    specs = make_specs(a, tmp_path / "videos")
+    from vla_ros.nodes.eval_client import run_through_ros
+
+    with pytest.raises(ValueError, match="vla-ros eval"):  # training imports no node module: the runner is handed in
+        make_specs(a, tmp_path / "videos")
+    specs = make_specs(a, tmp_path / "videos", graph_runner=run_through_ros)
+    assert all(s["graph_runner"] is run_through_ros for s in specs)
     assert [s["domain_id"] for s in specs] == [100, 101, 1]  # wraps within 1..101
     assert sum(len(s["jobs"]) for s in specs) == 8
 
@@ -69,9 +74,9 @@ def test_ros_workers_get_distinct_domains(tmp_path, monkeypatch):
 @pytest.fixture(scope="module")
 def tiny_with_adapter(tmp_path_factory):
     """A tiny native checkpoint and a LoRA adapter trained on synthetic data (changes its actions)."""
-    from training.checkpoint import build_model, save_policy
-    from training.finetune import main as finetune
-    from training.synthetic import SyntheticActionDataset
+    from vla_ros.training.checkpoint import build_model, save_policy
+    from vla_ros.training.finetune import main as finetune
+    from vla_ros.training.synthetic import SyntheticActionDataset
 
     root = tmp_path_factory.mktemp("eval_model")
     ds = SyntheticActionDataset(8, image_size=56)
@@ -90,7 +95,7 @@ def _leftover_children() -> list:
 
 
 def _eval(out, *extra) -> dict:
-    from training.eval import main
+    from vla_ros.nodes.eval_client import main  # `vla-ros eval`: both routes
 
     assert main(["--suite", "libero_spatial", "--tasks", "0", "--episodes-per-task", "1", "--max-steps", "3",
                  "--image-size", "64", "--save-actions", "--out", str(out), *extra]) == 0
@@ -163,7 +168,7 @@ def test_parallel_workers_and_policy_done(tmp_path):
 def test_ros_eval_fails_fast_and_cleanly_when_the_policy_cannot_load(tmp_path, capsys):
     pytest.importorskip("robosuite", reason="LIBERO's simulation stack is not installed")
     pytest.importorskip("rclpy", reason="rclpy (ROS 2) is not installed")
-    from training.eval import main
+    from vla_ros.nodes.eval_client import main
 
     out = tmp_path / "broken"
     assert main(["--route", "ros", "--backend", "native", "--checkpoint", str(tmp_path / "missing"), "--tasks", "0",
@@ -194,7 +199,7 @@ def test_sigterm_stops_the_evaluation_and_every_graph_it_started(tmp_path):
     pytest.importorskip("robosuite", reason="LIBERO's simulation stack is not installed")
     pytest.importorskip("rclpy", reason="rclpy (ROS 2) is not installed")
     out = tmp_path / "run"
-    cmd = [sys.executable, "-m", "training.eval", "--route", "ros", "--backend", "debug", "--suite", "libero_spatial",
+    cmd = [sys.executable, "-m", "vla_ros.cli", "eval", "--route", "ros", "--backend", "debug", "--suite", "libero_spatial",
            "--tasks", "0,1", "--workers", "2", "--episodes-per-task", "3", "--image-size", "64",
            "--record-episodes", "0", "--out", str(out)]
     proc = subprocess.Popen(cmd, cwd=Path(__file__).resolve().parents[1], env=os.environ.copy(),

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from sim_bridge.expert import _R_DOWN, _axis_angle, _rot_z, _wrap_half_pi
+from vla_ros.sim.expert import _R_DOWN, _axis_angle, _rot_z, _wrap_half_pi
 
 
 def _rodrigues(v: np.ndarray) -> np.ndarray:
@@ -34,8 +34,8 @@ pytest.importorskip("robosuite", reason="LIBERO's simulation stack is not instal
 
 
 def _episode(suite: str, task_id: int, init_state: int):
-    from sim_bridge.expert import ScriptedExpert
-    from sim_bridge.libero_env import LiberoEpisodeEnv
+    from vla_ros.sim.expert import ScriptedExpert
+    from vla_ros.sim.libero_env import LiberoEpisodeEnv
 
     env = LiberoEpisodeEnv(suite, task_id, cameras=())
     try:

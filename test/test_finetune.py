@@ -11,10 +11,10 @@ import numpy as np
 import pytest
 import torch
 
-from training.checkpoint import build_model, save_policy
-from training.finetune import main, parser
-from training.synthetic import SyntheticActionDataset
 from vla_ros.backends import load_policy
+from vla_ros.training.checkpoint import build_model, save_policy
+from vla_ros.training.finetune import main, parser
+from vla_ros.training.synthetic import SyntheticActionDataset
 
 
 @pytest.fixture(scope="module")

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import json
 
-from training.eval_report import build_report
-from training.model_card import main as model_card_main
+from vla_ros.training.eval_report import build_report
+from vla_ros.training.model_card import main as model_card_main
 
 
 def _episode(task: int, init: int, success: bool, reason: str) -> dict:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from vla_ros.nodes.policy_inputs import ExtraInputs, StampedHistory, finger_positions, pose_arrays
+from vla_ros.inputs import ExtraInputs, StampedHistory, finger_positions, pose_arrays
 from vla_ros.proprio import PROPRIO_LAYOUT, proprio_vector
 
 INSTR = "pick up the black bowl and place it on the plate"

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from vla_ros.demo import BUNDLED_MODEL, MODELS, SUITE_MODELS, bundled_model
+from vla_ros.shipped import BUNDLED_MODEL, MODELS, SUITE_MODELS, bundled_model
 
 SHIPPED = sorted(p.parent for p in MODELS.glob("*/config.json"))
 pytestmark = pytest.mark.skipif(not SHIPPED, reason="no model ships in models/")

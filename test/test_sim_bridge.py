@@ -15,10 +15,10 @@ pytest.importorskip("robosuite", reason="LIBERO's simulation stack is not instal
 from rclpy.executors import SingleThreadedExecutor
 from rclpy.parameter import Parameter
 
-from sim_bridge.bridge_node import SimBridgeNode
-from sim_bridge.client import BridgeClient, libero_to_msg
 from vla_ros.conventions import flip_image
 from vla_ros.image_codec import image_msg_to_rgb
+from vla_ros.nodes.sim_bridge_node import SimBridgeNode
+from vla_ros.nodes.sim_client import BridgeClient, libero_to_msg
 
 pytestmark = [pytest.mark.ros, pytest.mark.sim]
 
@@ -55,7 +55,7 @@ def _pos(client, stamp) -> np.ndarray:
 
 
 def test_reset_service_returns_the_instruction(bridge):
-    from sim_bridge.libero_env import task_names
+    from vla_ros.sim.libero_env import task_names
 
     node, c = bridge
     before = node.episode_id
@@ -164,8 +164,8 @@ def test_episode_ends_at_the_step_limit(bridge):
 def test_scripted_expert_replayed_through_the_bridge_reaches_success(bridge):
     """Record the scripted expert's actions in-process (physics only), replay them through the bridge:
     deterministic physics gives the same success at the same step and the same final pose."""
-    from sim_bridge.expert import ScriptedExpert
-    from sim_bridge.libero_env import LiberoEpisodeEnv
+    from vla_ros.sim.expert import ScriptedExpert
+    from vla_ros.sim.libero_env import LiberoEpisodeEnv
 
     suite, task = "libero_object", 0
     env = LiberoEpisodeEnv(suite, task, cameras=())
@@ -198,7 +198,7 @@ def test_scripted_expert_replayed_through_the_bridge_reaches_success(bridge):
 @pytest.mark.slow
 def test_soft_reset_is_reproducible():
     """hard_reset=False (about 5x faster resets) still gives the same episode for the same init state."""
-    from sim_bridge.libero_env import LiberoEpisodeEnv
+    from vla_ros.sim.libero_env import LiberoEpisodeEnv
 
     env = LiberoEpisodeEnv("libero_object", 2, cameras=(), hard_reset=False, max_steps=100)
     try:

@@ -18,8 +18,8 @@ from rclpy.qos import QoSProfile, ReliabilityPolicy
 from rosgraph_msgs.msg import Clock
 
 from helpers import REPO, ManagedProcess, spin_until
-from sim_bridge.client import BridgeClient
 from vla_ros.config import config_path, topics
+from vla_ros.nodes.sim_client import BridgeClient
 from vla_ros_msgs.srv import ResetEpisode
 
 pytestmark = [pytest.mark.ros, pytest.mark.sim, pytest.mark.slow]

@@ -15,8 +15,8 @@ pytest.importorskip("robosuite", reason="LIBERO's simulation stack is not instal
 from rclpy.executors import SingleThreadedExecutor
 from rclpy.parameter import Parameter
 
-from sim_bridge.bridge_node import SimBridgeNode
-from sim_bridge.client import BridgeClient, libero_to_msg
+from vla_ros.nodes.sim_bridge_node import SimBridgeNode
+from vla_ros.nodes.sim_client import BridgeClient, libero_to_msg
 
 pytestmark = [pytest.mark.ros, pytest.mark.sim, pytest.mark.slow]
 

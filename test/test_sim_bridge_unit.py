@@ -11,12 +11,12 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from sim_bridge import bridge_params
-from sim_bridge.actions import REJECT_REASONS, ActionRejectedError, check_action
-from sim_bridge.libero_env import Observation, StepResult
-from sim_bridge.recording import EpisodeRecorder
 from vla_ros.config import load_yaml
 from vla_ros.conventions import LIBERO_ACTION_SPACE, max_steps_for
+from vla_ros.sim import bridge_params
+from vla_ros.sim.actions import REJECT_REASONS, ActionRejectedError, check_action
+from vla_ros.sim.libero_env import Observation, StepResult
+from vla_ros.sim.recording import EpisodeRecorder
 
 
 # ---------------------------------------------------------------- parameters
@@ -167,8 +167,8 @@ def make_bridge():
     from rclpy.executors import SingleThreadedExecutor
     from rclpy.parameter import Parameter
 
-    from sim_bridge.bridge_node import SimBridgeNode
-    from sim_bridge.client import BridgeClient
+    from vla_ros.nodes.sim_bridge_node import SimBridgeNode
+    from vla_ros.nodes.sim_client import BridgeClient
 
     made = []
 
@@ -212,7 +212,7 @@ def test_parameters_have_descriptors_ranges_and_read_only(make_bridge):
 def test_bad_parameter_values_fail_at_start():
     from rclpy.parameter import Parameter
 
-    from sim_bridge.bridge_node import SimBridgeNode
+    from vla_ros.nodes.sim_bridge_node import SimBridgeNode
 
     ctx = rclpy.context.Context()
     rclpy.init(context=ctx)
@@ -238,7 +238,7 @@ def test_lockstep_republishes_then_ends_with_policy_timeout(make_bridge):
 
 @pytest.mark.ros
 def test_lockstep_steps_once_per_answer_and_ignores_stale_and_hold(make_bridge):
-    from sim_bridge.client import libero_to_msg
+    from vla_ros.nodes.sim_client import libero_to_msg
 
     node, c = make_bridge()
     first = c.last.header.stamp
@@ -274,7 +274,7 @@ def test_policy_done_ends_episode_and_auto_reset_starts_the_next_init_state(make
 
 @pytest.mark.ros
 def test_realtime_holds_last_action_then_stands_still(make_bridge):
-    from sim_bridge.client import libero_to_msg
+    from vla_ros.nodes.sim_client import libero_to_msg
 
     node, c = make_bridge(stepping_mode="realtime", control_rate_hz=50.0, action_timeout_s=0.3)
     c.spin_until(lambda: len(node.env.actions) >= 3, "steps without any action")

@@ -11,13 +11,13 @@ import numpy as np
 import pytest
 import torch
 
-from training.batching import ActionBatchCollator, AugmentConfig, action_metrics, augment_image
-from training.checkpoint import build_model
-from training.loop import LoopConfig, MicroBatches, Trainer
-from training.synthetic import SyntheticActionDataset
 from vla_ros.models.prismatic import PrismaticProcessor
 from vla_ros.models.prismatic.modeling_prismatic import IGNORE_INDEX
 from vla_ros.normalization import ActionNormalizer
+from vla_ros.training.batching import ActionBatchCollator, AugmentConfig, action_metrics, augment_image
+from vla_ros.training.checkpoint import build_model
+from vla_ros.training.loop import LoopConfig, MicroBatches, Trainer
+from vla_ros.training.synthetic import SyntheticActionDataset
 
 PRESET = "test-fused"  # 56 px, two 2-block ViTs, a 2-layer Llama: a few ms per step
 
@@ -123,7 +123,7 @@ def test_resume_from_a_checkpoint_gives_the_same_next_step(tmp_path):
     ds2, model2, collator2 = _setup(n=6, augment=True, model_seed=1)
     shutil.copytree(ckpt, tmp_path / "b" / "checkpoints" / ckpt.name)
     resumed = trainer_for(tmp_path / "b", model2, ds2, collator2)
-    from training.loop import resume_path
+    from vla_ros.training.loop import resume_path
 
     resumed.load_state(resume_path(resumed, "auto"))
     assert resumed.step == 2
@@ -135,8 +135,8 @@ def test_resume_from_a_checkpoint_gives_the_same_next_step(tmp_path):
 
 
 def test_cli_writes_a_policy_directory_that_load_policy_reads(tmp_path):
-    from training.train import main
     from vla_ros.backends import load_policy
+    from vla_ros.training.train import main
 
     out = tmp_path / "policy"
     assert main(["--synthetic", "16", "--preset", PRESET, "--out", str(out), "--steps", "4", "--batch-size", "4",
@@ -153,7 +153,7 @@ def test_cli_writes_a_policy_directory_that_load_policy_reads(tmp_path):
 
 
 def test_cli_rejects_a_missing_dataset(tmp_path, capsys):
-    from training.train import main
+    from vla_ros.training.train import main
 
     assert main(["--out", str(tmp_path / "x"), "--preset", PRESET]) == 2
     assert "--data" in capsys.readouterr().err
@@ -175,7 +175,7 @@ def test_training_imports_neither_rclpy_nor_libero():
     import subprocess
     import sys
 
-    code = ("import sys, training.train, training.finetune, training.eval, training.step_dataset; "
+    code = ("import sys, vla_ros.training.train, vla_ros.training.finetune, vla_ros.training.eval, vla_ros.training.step_dataset; "
             "print(sorted({m.split('.')[0] for m in sys.modules} & {'rclpy', 'libero', 'robosuite', 'mujoco'}))")
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert res.stdout.strip() == "[]", res.stdout

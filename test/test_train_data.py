@@ -8,10 +8,10 @@ import json
 import numpy as np
 import pytest
 
-from training.data.episode import Episode
-from training.data.libero_hdf5 import LiberoHdf5Writer
-from training.step_dataset import StepDataset, open_training_data
 from vla_ros.conventions import flip_image
+from vla_ros.data.episode import Episode
+from vla_ros.data.libero_hdf5 import LiberoHdf5Writer
+from vla_ros.training.step_dataset import StepDataset, open_training_data
 
 T = 6
 
@@ -56,7 +56,7 @@ def test_open_training_data_reads_hdf5_with_the_camera_flip(tmp_path):
 
 
 def test_train_cli_on_a_libero_file(tmp_path):
-    from training.train import main
+    from vla_ros.training.train import main
 
     _write(tmp_path / "data" / "task.hdf5", [_episode(0), _episode(1)])
     out = tmp_path / "run"
@@ -94,7 +94,7 @@ def test_datasets_with_different_gripper_conventions_are_not_mixed(tmp_path):
 
 
 def test_train_cli_on_two_datasets(tmp_path):
-    from training.train import main
+    from vla_ros.training.train import main
 
     _write(tmp_path / "a" / "task.hdf5", [_episode(0)])
     _write(tmp_path / "b" / "task.hdf5", [_episode(1, instruction="open the drawer")])
@@ -121,8 +121,8 @@ def test_steps_carry_wrist_image_and_model_proprio():
 
 
 def test_train_cli_with_wrist_and_proprio(tmp_path):
-    from training.train import main
     from vla_ros.backends import load_policy
+    from vla_ros.training.train import main
 
     _write(tmp_path / "data" / "task.hdf5", [_episode(0), _episode(1)])
     out = tmp_path / "run"
@@ -142,7 +142,7 @@ def test_train_cli_with_wrist_and_proprio(tmp_path):
 def test_train_init_from_continues_from_a_policy(tmp_path):
     from safetensors.numpy import load_file
 
-    from training.train import main
+    from vla_ros.training.train import main
 
     _write(tmp_path / "data" / "task.hdf5", [_episode(0), _episode(1)])
     common = ["--data", str(tmp_path / "data"), "--preset", "test-fused", "--batch-size", "4", "--no-progress",
@@ -157,7 +157,7 @@ def test_train_init_from_continues_from_a_policy(tmp_path):
 
 
 def test_train_init_from_takes_the_new_data_statistics(tmp_path, capsys):
-    from training.train import main
+    from vla_ros.training.train import main
 
     _write(tmp_path / "d1" / "task.hdf5", [_episode(0), _episode(1)])
     _write(tmp_path / "d2" / "task.hdf5", [_episode(2), _episode(3)])
@@ -172,7 +172,7 @@ def test_train_init_from_takes_the_new_data_statistics(tmp_path, capsys):
 
 
 def test_train_init_from_can_keep_its_own_statistics(tmp_path, capsys):
-    from training.train import main
+    from vla_ros.training.train import main
 
     _write(tmp_path / "d1" / "task.hdf5", [_episode(0), _episode(1)])
     _write(tmp_path / "d2" / "task.hdf5", [_episode(2), _episode(3)])
@@ -192,7 +192,7 @@ def test_train_init_from_can_keep_its_own_statistics(tmp_path, capsys):
 
 
 def test_bin_edge_shift_is_relative_to_the_old_range():
-    from training.train import bin_edge_shift
+    from vla_ros.training.train import bin_edge_shift
 
     old = {"action": {"q01": [-1.0, 0.0], "q99": [1.0, 1.0]}}
     assert bin_edge_shift(old, old) == 0.0
@@ -202,9 +202,9 @@ def test_bin_edge_shift_is_relative_to_the_old_range():
 def test_merge_policies_averages_weights_and_records_its_sources(tmp_path):
     from safetensors.numpy import load_file
 
-    from training.merge import main as merge_main
-    from training.train import main
     from vla_ros.backends import load_policy
+    from vla_ros.training.merge import main as merge_main
+    from vla_ros.training.train import main
 
     _write(tmp_path / "data" / "task.hdf5", [_episode(0), _episode(1)])
     common = ["--data", str(tmp_path / "data"), "--preset", "test-fused", "--batch-size", "4", "--no-progress",
@@ -227,8 +227,8 @@ def test_merge_policies_averages_weights_and_records_its_sources(tmp_path):
 
 
 def test_merge_policies_refuses_different_architectures(tmp_path, capsys):
-    from training.merge import main as merge_main
-    from training.train import main
+    from vla_ros.training.merge import main as merge_main
+    from vla_ros.training.train import main
 
     _write(tmp_path / "data" / "task.hdf5", [_episode(0)])
     common = ["--data", str(tmp_path / "data"), "--preset", "test-fused", "--batch-size", "4", "--no-progress",

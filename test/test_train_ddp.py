@@ -34,10 +34,10 @@ def _run(cmd: list[str], tmp_path, name: str) -> str:
 @pytest.mark.slow
 def test_two_processes_match_one_process_with_the_same_global_batch(tmp_path):
     one, two = tmp_path / "one", tmp_path / "two"
-    _run([sys.executable, "-m", "training.train", *ARGS, "--batch-size", "4", "--out", str(one),
+    _run([sys.executable, "-m", "vla_ros.training.train", *ARGS, "--batch-size", "4", "--out", str(one),
           "--save-every-steps", "1", "--keep-checkpoints", "5"], tmp_path, "one")
     log = _run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-                "-m", "training.train", *ARGS, "--batch-size", "2", "--out", str(two)], tmp_path, "two")
+                "-m", "vla_ros.training.train", *ARGS, "--batch-size", "2", "--out", str(two)], tmp_path, "two")
     assert "2 process(es)" in log and "froze" in log
     a, b = load_file(one / "model.safetensors"), load_file(two / "model.safetensors")
     assert a.keys() == b.keys()
@@ -54,8 +54,8 @@ if os.environ.get("RANK") == "1":  # this rank's clock runs 1e7x fast: its time-
     _real = time.monotonic
     _t0 = _real()
     time.monotonic = lambda: _t0 + (_real() - _t0) * 1e7
-sys.argv = ["training.train", *sys.argv[1:]]
-runpy.run_module("training.train", run_name="__main__")
+sys.argv = ["vla_ros.training.train", *sys.argv[1:]]
+runpy.run_module("vla_ros.training.train", run_name="__main__")
 '''
 
 

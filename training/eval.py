@@ -3,12 +3,13 @@ the ROS graph.
 
 Protocol (OpenVLA's ``experiments/robot/libero/run_libero_eval.py``): flipped camera images, the checkpoint's
 gripper convention, 10 settle steps, the suite's step limit, the suite's fixed init states ``0..N-1`` for N
-episodes per task, one seed. Both routes share the LIBERO episode module (``sim_bridge.libero_env``) and the
+episodes per task, one seed. Both routes share the LIBERO episode module (``vla_ros.sim.libero_env``) and the
 node's action shaping, so for one seed they give the same actions and outcomes:
 
-- ``--route inprocess``: ``sim_bridge.rollout`` runs env and policy in one process per worker;
+- ``--route inprocess``: ``vla_ros.sim.rollout`` runs env and policy in one process per worker;
 - ``--route ros``: each worker starts the ``libero_sim`` graph (sim_bridge + vla_policy_node, lockstep) in its
-  own ``ROS_DOMAIN_ID`` and drives it through the reset service (``vla_ros.nodes.eval_client``).
+  own ``ROS_DOMAIN_ID`` and drives it through the reset service (``vla_ros.nodes.eval_client``, the ROS layer,
+  which runs this command as ``vla-ros eval`` and hands its graph worker in).
 
 Writes ``<out>/report.json`` (per-task and mean success with Wilson 95% intervals, mean steps, how episodes
 and successes ended: success check / policy ``done`` / step limit) and mp4s of the chosen episodes.
@@ -22,11 +23,11 @@ import argparse
 import json
 import os
 import random
-import shutil
 import signal
 import sys
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
 from multiprocessing import active_children, get_context
 from pathlib import Path
@@ -34,8 +35,11 @@ from pathlib import Path
 import numpy as np
 import yaml
 
-from training.eval_report import build_report, format_report
 from vla_ros.conventions import DEFAULT_IMAGE_FLIP, IMAGE_FLIPS, LIBERO_SUITES, SIM_IMAGE_SIZE
+from vla_ros.training.eval_report import build_report, format_report
+
+# A worker's episodes through the ROS graph: spec -> list of EpisodeResult dictionaries.
+GraphRunner = Callable[[dict], list]
 
 
 class EvalError(RuntimeError):
@@ -100,9 +104,9 @@ def _policy_options(spec: dict) -> dict:
 
 def run_inprocess(spec: dict) -> list[dict]:
     """Worker: one env per task, one policy, the jobs in order (imports LIBERO, so only in a worker)."""
-    from sim_bridge.libero_env import LiberoEpisodeEnv
-    from sim_bridge.rollout import run_episode
     from vla_ros.backends import load_policy
+    from vla_ros.sim.libero_env import LiberoEpisodeEnv
+    from vla_ros.sim.rollout import run_episode
 
     _seed_everything(spec["seed"])
     policy = load_policy(spec["backend"], spec["checkpoint"] or None, **_policy_options(spec))
@@ -122,7 +126,7 @@ def run_inprocess(spec: dict) -> list[dict]:
             res = run_episode(env, policy, init_id, record_dir=spec["video_dir"] if record else None,
                               episode_id=n + 1)
             results.append(res.to_dict(with_actions=spec["with_actions"]))
-            _progress(spec, res)
+            progress(spec, res)
     finally:
         if env is not None:
             env.close()
@@ -130,84 +134,8 @@ def run_inprocess(spec: dict) -> list[dict]:
     return results
 
 
-def checkpoint_extra_images(spec: dict) -> list[str]:
-    """Cameras besides the main one that the node's model needs: from a native checkpoint's config.json
-    (the graph loads the model in the node, not here); other backends get the wrist camera to be safe."""
-    cfg = Path(spec["checkpoint"] or "") / "config.json"
-    if spec["backend"] == "native" and cfg.is_file():
-        return list(json.loads(cfg.read_text()).get("extra_images") or [])
-    return ["wrist"]
-
-
-def run_through_ros(spec: dict) -> list[dict]:
-    """Worker: the libero_sim graph in this worker's ROS domain, one reset per job."""
-    from vla_ros.nodes.eval_client import GraphError
-
-    try:
-        return _run_graphs(spec)
-    except GraphError as exc:  # plain message across the process pool
-        raise EvalError(str(exc)) from None
-
-
-def _run_graphs(spec: dict) -> list[dict]:
-    results: list[dict] = []
-    jobs = spec["jobs"]
-    record_dir = Path(spec["video_dir"]) / f".worker{spec['worker']}" if any(j[2] for j in jobs) else None
-    try:
-        # one graph per task: the graph's task argument also fixes what the bridge builds first
-        for task_id in dict.fromkeys(j[0] for j in jobs):
-            _run_task_graph(spec, task_id, record_dir, results)
-    finally:
-        if record_dir is not None:
-            shutil.rmtree(record_dir, ignore_errors=True)
-    return results
-
-
-def _run_task_graph(spec: dict, task_id: int, record_dir: Path | None, results: list[dict]) -> None:
-    """One ``libero_sim`` graph for ``task_id``: every job of that task, one reset each."""
-    from vla_ros.nodes.eval_client import GraphEvaluator
-
-    jobs = spec["jobs"]
-    args = {"suite": spec["suite"], "task_id": task_id, "init_state_id": 0, "backend": spec["backend"],
-            "model": spec["checkpoint"], "adapter": spec["adapter"] or "", "device": spec["device"] or "",
-            "quantization": spec["quantization"] or "none", "step_mode": "lockstep",
-            "image_size": spec["image_size"], "max_steps": spec["max_steps"],
-            "record": str(record_dir) if record_dir else ""}
-    bridge = {"cameras": ["agentview", *checkpoint_extra_images(spec)], "image_flip": spec["image_flip"],
-              "seed": spec["seed"], "end_on_success": spec["end_on_success"]}
-    policy = {"backend_options": yaml.safe_dump(spec["backend_options"], default_flow_style=True).strip(),
-              "center_crop": spec["center_crop"]}
-    log = Path(spec["log_dir"]) / f"graph_worker{spec['worker']}_task{task_id:02d}.log"
-    with GraphEvaluator(args, domain_id=spec["domain_id"], bridge_params=bridge, policy_params=policy,
-                        log_path=log) as graph:
-        for _, init_id, record in (j for j in jobs if j[0] == task_id):
-            res = graph.run_episode(spec["suite"], task_id, init_id)
-            if record_dir is not None:
-                res.video = _keep_recording(record_dir, Path(spec["video_dir"]), res, record)
-            results.append(res.to_dict(with_actions=spec["with_actions"]))
-            _progress(spec, res)
-
-
-def _keep_recording(src: Path, dst: Path, res, keep: bool, timeout_s: float = 60.0) -> str | None:
-    """The bridge records every episode of a graph that records, and closes the file just after publishing
-    the final status: wait for its sidecar, keep the chosen episode's files, drop the others."""
-    pattern = f"*_task{res.task_id:02d}_init{res.init_state_id:02d}_ep{res.episode_id:05d}_*"
-    deadline = time.monotonic() + timeout_s
-    while not list(src.glob(pattern + ".json")) and time.monotonic() < deadline:
-        time.sleep(0.1)  # another process writes it; nothing to spin here
-    video = None
-    for f in sorted(src.glob(pattern)):
-        if keep and not f.name.startswith("."):
-            target = dst / f.name
-            shutil.move(str(f), target)
-            if target.suffix == ".mp4":
-                video = str(target)
-        else:
-            f.unlink(missing_ok=True)
-    return video
-
-
-def _progress(spec: dict, res) -> None:
+def progress(spec: dict, res) -> None:
+    """One line per finished episode (both routes)."""
     print(f"[eval worker {spec['worker']}] task {res.task_id} init {res.init_state_id}: "
           f"{'success' if res.success else 'failure'} ({res.reason}) after {res.steps} steps, {res.wall_s:.1f} s",
           flush=True)
@@ -243,12 +171,18 @@ def _pool_worker(spec: dict) -> list[dict]:
 def _worker(spec: dict) -> list[dict]:
     if spec["route"] == "ros":
         os.environ["ROS_DOMAIN_ID"] = str(spec["domain_id"])
-        return run_through_ros(spec)
+        return spec["graph_runner"](spec)
     return run_inprocess(spec)
 
 
-def make_specs(a: argparse.Namespace, video_dir: Path) -> list[dict]:
-    """One picklable work description per worker; through ROS, worker k uses ROS_DOMAIN_ID base + k (in 1..101)."""
+def make_specs(a: argparse.Namespace, video_dir: Path, graph_runner: GraphRunner | None = None) -> list[dict]:
+    """One picklable work description per worker; through ROS, worker k uses ROS_DOMAIN_ID base + k (in 1..101).
+
+    ``graph_runner`` runs a worker's episodes through the ROS graph (route ``ros``); it is a module-level function
+    of the ROS layer, so it pickles by name into spawned workers (``vla_ros.nodes.eval_client.run_through_ros``).
+    """
+    if a.route == "ros" and graph_runner is None:
+        raise ValueError("--route ros runs through the ROS layer: use `vla-ros eval` (vla_ros.nodes.eval_client)")
     tasks = parse_tasks(a.tasks, a.suite)
     groups = plan_workers(tasks, a.episodes_per_task, a.record_episodes, a.workers)
     base_domain = int(a.domain_id if a.domain_id is not None else os.environ.get("ROS_DOMAIN_ID", "1") or 1)
@@ -261,15 +195,16 @@ def make_specs(a: argparse.Namespace, video_dir: Path) -> list[dict]:
              "image_flip": a.image_flip, "center_crop": a.center_crop, "max_steps": a.max_steps,
              "end_on_success": not a.no_end_on_success,
              "video_dir": str(video_dir), "log_dir": str(a.out), "with_actions": a.save_actions,
-             "domain_id": 1 + (base_domain - 1 + k) % MAX_DOMAIN_ID} for k, g in enumerate(groups)]
+             "domain_id": 1 + (base_domain - 1 + k) % MAX_DOMAIN_ID, "graph_runner": graph_runner}
+            for k, g in enumerate(groups)]
 
 
-def evaluate(a: argparse.Namespace) -> dict:
+def evaluate(a: argparse.Namespace, graph_runner: GraphRunner | None = None) -> dict:
     """Run the evaluation described by the parsed arguments; returns (and writes) the report."""
     out = Path(a.out)
     video_dir = out / "videos"
     video_dir.mkdir(parents=True, exist_ok=True)
-    specs = make_specs(a, video_dir)
+    specs = make_specs(a, video_dir, graph_runner)
     t0 = time.monotonic()
     if len(specs) == 1:
         episodes = _worker(specs[0])
@@ -326,7 +261,9 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None, graph_runner: GraphRunner | None = None) -> int:
+    """The evaluation command. Route ``ros`` needs ``graph_runner`` (``vla-ros eval`` passes the ROS layer's);
+    this package imports no node module (docs/architecture.md)."""
     a = parser().parse_args(argv)
     if a.episodes_per_task < 1 or a.workers < 1:
         print("vla-ros eval: --episodes-per-task and --workers must be >= 1", file=sys.stderr)

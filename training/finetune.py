@@ -6,8 +6,9 @@ in fp32, gradient checkpointing); LoRA adapters (rank 32, ``all-linear`` targets
 ``vla-scripts/finetune.py``) are the only trainable weights. Defaults follow OpenVLA's LoRA recipe where this
 project has no reason to differ: batch 1 x accumulation 4 here (one consumer GPU), lr 5e-4, constant schedule.
 
-    python -m training.finetune --base runs/tiny --data data/libero_object --out runs/tiny-lora --quantization 4bit
-    python -m training.finetune --merge --base runs/tiny --adapter runs/tiny-lora --out runs/tiny-merged
+    python -m vla_ros.training.finetune --base runs/tiny --data data/libero_object --out runs/tiny-lora \
+        --quantization 4bit
+    python -m vla_ros.training.finetune --merge --base runs/tiny --adapter runs/tiny-lora --out runs/tiny-merged
 
 The output directory is an adapter directory (``adapter_config.json``, ``adapter_model.safetensors``,
 ``dataset_statistics.json`` of the fine-tuning data) that ``vla_policy_node`` loads through its ``adapter``
@@ -23,12 +24,12 @@ from pathlib import Path
 
 import torch
 
-from training.batching import ActionBatchCollator, AugmentConfig
-from training.checkpoint import TRAIN_META, load_trainable, write_json
-from training.loop import Trainer, resume_path
-from training.train import add_loop_args, loop_config, open_dataset
 from vla_ros.models.prismatic import PrismaticProcessor
 from vla_ros.normalization import STATS_FILENAME, ActionNormalizer, load_statistics, save_statistics, select_unnorm_key
+from vla_ros.training.batching import ActionBatchCollator, AugmentConfig
+from vla_ros.training.checkpoint import TRAIN_META, load_trainable, write_json
+from vla_ros.training.loop import Trainer, resume_path
+from vla_ros.training.train import add_loop_args, loop_config, open_dataset
 
 
 def lora_config(rank: int = 32, alpha: float = 16.0, dropout: float = 0.0, targets: str = "all-linear"):

@@ -26,8 +26,8 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from training.batching import ActionBatchCollator, action_metrics, sample_seed
-from training.checkpoint import write_json
+from vla_ros.training.batching import ActionBatchCollator, action_metrics, sample_seed
+from vla_ros.training.checkpoint import write_json
 
 STATE_FILE = "trainer_state.json"
 

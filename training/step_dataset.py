@@ -2,7 +2,7 @@
 
 ``training/data`` reads LIBERO-format HDF5 files and the compact transport format into ``Episode`` objects with
 the camera flip already applied; this module only indexes their steps for the training loop: no-op steps are
-dropped with ``training.data.statistics.keep_indices`` (the same rule the statistics use, done steps kept), and a
+dropped with ``vla_ros.data.statistics.keep_indices`` (the same rule the statistics use, done steps kept), and a
 model predicting K-action chunks gets ``actions[t : t + K]`` (the last action repeated past the episode's end,
 as OpenVLA-OFT pads its chunks).
 """
@@ -14,8 +14,8 @@ from pathlib import Path
 
 import numpy as np
 
-from training.data.episode import Episode
-from training.data.statistics import compute_statistics, keep_indices
+from vla_ros.data.episode import Episode
+from vla_ros.data.statistics import compute_statistics, keep_indices
 from vla_ros.normalization import STATS_FILENAME, load_statistics
 
 DEFAULT_CAMERA = "agentview_rgb"
@@ -82,11 +82,11 @@ class StepDataset:
 def _open_one(path: Path) -> tuple[list[Episode], dict]:
     """Episodes and statistics ``{key: ...}`` of one compact directory or LIBERO-format file/directory."""
     if (path / "meta.json").is_file():
-        from training.data.compact import CompactDataset
+        from vla_ros.training.data.compact import CompactDataset
 
         compact = CompactDataset(path)
         return list(compact), compact.statistics()
-    from training.data.libero_hdf5 import LiberoHdf5Reader, dataset_files
+    from vla_ros.data.libero_hdf5 import LiberoHdf5Reader, dataset_files
 
     episodes, files = [], dataset_files(path)
     if not files:

@@ -4,8 +4,8 @@ Loss on the action tokens only, optional OpenVLA image augmentation, AdamW with 
 autocast on GPU, gradient accumulation and clipping, checkpoints every few minutes with resume, a tqdm bar and
 TensorBoard logs (loss, action-token accuracy, L1 of decoded actions). The same command runs data-parallel:
 
-    python -m training.train --data data/libero_spatial --preset tiny-128 --out runs/tiny
-    accelerate launch --num_processes 2 -m training.train ...      (or: torchrun --nproc_per_node 2 -m ...)
+    python -m vla_ros.training.train --data data/libero_spatial --preset tiny-128 --out runs/tiny
+    accelerate launch --num_processes 2 -m vla_ros.training.train ...      (or: torchrun --nproc_per_node 2 -m ...)
 
 The output directory is a policy directory (``load_policy("native", out)``, ``vla_policy_node checkpoint:=out``)
 refreshed at every checkpoint, with ``checkpoints/step_*`` for resuming and ``tb/`` for TensorBoard.
@@ -22,12 +22,12 @@ from pathlib import Path
 
 import torch
 
-from training.batching import ActionBatchCollator, AugmentConfig
-from training.checkpoint import build_model, load_trainable, save_policy
-from training.loop import LoopConfig, Trainer, count_params, resume_path
 from vla_ros.models.prismatic import PRESETS, PrismaticProcessor
 from vla_ros.normalization import ActionNormalizer, select_unnorm_key
 from vla_ros.proprio import proprio_statistics
+from vla_ros.training.batching import ActionBatchCollator, AugmentConfig
+from vla_ros.training.checkpoint import build_model, load_trainable, save_policy
+from vla_ros.training.loop import LoopConfig, Trainer, count_params, resume_path
 
 
 def add_loop_args(p: argparse.ArgumentParser, *, batch_size: int, grad_accum: int, lr: float, steps: int,
@@ -75,13 +75,13 @@ def loop_config(a: argparse.Namespace) -> LoopConfig:
 def open_dataset(data: str | list[str], synthetic: int, image_size: int, action_chunk: int, seed: int):
     """(dataset, statistics, instructions) from ``--data`` (training/data's readers) or ``--synthetic N``."""
     if synthetic:
-        from training.synthetic import SyntheticActionDataset
+        from vla_ros.training.synthetic import SyntheticActionDataset
 
         ds = SyntheticActionDataset(synthetic, image_size=image_size, action_chunk=action_chunk, seed=seed)
         return ds, ds.statistics(), ds.instructions
     if not data:
         raise ValueError("give --data DIR (a LIBERO-format or compact dataset) or --synthetic N")
-    from training.step_dataset import open_training_data
+    from vla_ros.training.step_dataset import open_training_data
 
     return open_training_data(data, action_chunk=action_chunk)
 

@@ -10,7 +10,7 @@ import sys
 
 # name -> ("module" with main(argv) or "module:function", one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
-    "demo": ("vla_ros.demo", "run the default LIBERO episode through the ROS graph (make demo)"),
+    "demo": ("vla_ros.nodes.demo", "run the default LIBERO episode through the ROS graph (make demo)"),
     "launch": ("vla_ros.launcher", "start a node graph, like `ros2 launch vla_ros <graph>.launch.py`"),
     "send": ("vla_ros.nodes.cli_tools:send_main", "publish an instruction, like `ros2 topic pub --once`"),
     "watch": ("vla_ros.nodes.cli_tools:watch_main", "print actions, policy status and episode status"),
@@ -18,16 +18,17 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "reset": ("vla_ros.nodes.cli_tools:reset_main", "reset the simulator bridge to a task/init state"),
     "record": ("vla_ros.nodes.bag_recorder", "record camera/instruction/action topics to an MCAP bag"),
     "serve": ("vla_ros.serving", "serve a policy over HTTP (OpenVLA deploy.py protocol, POST /act)"),
-    "generate-demos": ("sim_bridge.generate_demos", "scripted-expert demonstrations -> LIBERO-format HDF5"),
-    "expert-eval": ("sim_bridge.expert", "the scripted expert's success on the suites' fixed init states"),
-    "dataset-stats": ("training.data.statistics", "dataset_statistics.json (OpenVLA layout) of a dataset"),
-    "export-compact": ("training.data.compact", "export a dataset to the compact form carried to a GPU"),
-    "bag-to-dataset": ("training.data.bag_convert", "convert a recorded MCAP bag to a LIBERO-format dataset"),
-    "train": ("training.train", "train a native VLA from scratch"),
-    "finetune": ("training.finetune", "LoRA fine-tuning (8/4-bit base) of a checkpoint"),
-    "eval": ("training.eval", "evaluate a checkpoint on a LIBERO suite (in-process or through ROS)"),
-    "merge-policies": ("training.merge", "weight-average two policies of one architecture (WiSE-FT)"),
-    "model-card": ("training.model_card", "a checkpoint's README (data, commands, cost, success) from its records"),
+    "generate-demos": ("vla_ros.sim.generate_demos", "scripted-expert demonstrations -> LIBERO-format HDF5"),
+    "expert-eval": ("vla_ros.sim.expert", "the scripted expert's success on the suites' fixed init states"),
+    "dataset-stats": ("vla_ros.data.statistics", "dataset_statistics.json (OpenVLA layout) of a dataset"),
+    "export-compact": ("vla_ros.training.data.compact", "export a dataset to the compact form carried to a GPU"),
+    "bag-to-dataset": ("vla_ros.training.data.bag_convert", "convert a recorded MCAP bag to a LIBERO-format dataset"),
+    "train": ("vla_ros.training.train", "train a native VLA from scratch"),
+    "finetune": ("vla_ros.training.finetune", "LoRA fine-tuning (8/4-bit base) of a checkpoint"),
+    "eval": ("vla_ros.nodes.eval_client", "evaluate a checkpoint on a LIBERO suite (in-process or through ROS)"),
+    "merge-policies": ("vla_ros.training.merge", "weight-average two policies of one architecture (WiSE-FT)"),
+    "model-card": ("vla_ros.training.model_card",
+                   "a checkpoint's README (data, commands, cost, success) from its records"),
 }
 
 

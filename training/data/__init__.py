@@ -1,8 +1,5 @@
-"""Datasets for vla_ros: LIBERO-format HDF5, OpenVLA-style statistics, compact transport, rosbag conversion.
+"""Training's dataset tools: the compact transport to a GPU machine and ROS bag conversion.
 
-Nothing here imports LIBERO or rclpy (the converters read MCAP bags through ``rosbags``, pure Python).
+The dataset layout itself (episode record, LIBERO-format HDF5, statistics) is a contract of the core:
+:mod:`vla_ros.data`. Nothing here imports LIBERO or rclpy (bags are read through ``rosbags``, pure Python).
 """
-
-from training.data.episode import DONE, OBS_KEYS, Episode
-
-__all__ = ["DONE", "OBS_KEYS", "Episode"]

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from training.data.episode import Episode, quat_xyzw_to_axis_angle
+from vla_ros.data.episode import Episode, quat_xyzw_to_axis_angle
 from vla_ros.action_conversion import command_to_libero
 from vla_ros.conventions import LIBERO_ACTION_SPACE, flip_image, get_action_space
 from vla_ros.image_codec import ImageDecodeError, image_msg_to_rgb
@@ -211,7 +211,7 @@ def _episode(c: dict) -> Episode:
 def convert_bag(bag: str | Path, out_file: str | Path, *, topics: BagTopics | None = None,
                 source_flip: str = "rot180", image_size: int | None = None) -> ConvertStats:
     """Write the bag's episodes to one LIBERO-format file (appending, like the generator)."""
-    from training.data.libero_hdf5 import LiberoHdf5Writer
+    from vla_ros.data.libero_hdf5 import LiberoHdf5Writer
 
     episodes, stats = read_bag(bag, topics, source_flip, image_size)
     if not episodes:

@@ -27,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
-from training.data.episode import Episode
+from vla_ros.data.episode import Episode
 from vla_ros.conventions import DEFAULT_IMAGE_FLIP, flip_image
 
 log = logging.getLogger(__name__)
@@ -96,7 +96,7 @@ def export_compact(sources: Iterable[tuple[str, Iterable[Episode]]], out_dir: st
     ``statistics`` (a full ``dataset_statistics.json`` mapping) is stored beside the data; without it
     the statistics are computed here with the no-op filter.
     """
-    from training.data.statistics import compute_statistics  # light: numpy only
+    from vla_ros.data.statistics import compute_statistics  # light: numpy only
 
     out = Path(out_dir)
     if out.exists():
@@ -147,7 +147,7 @@ def export_compact(sources: Iterable[tuple[str, Iterable[Episode]]], out_dir: st
 def export_hdf5_dir(src: str | Path, out_dir: str | Path, *, crf: int = DEFAULT_CRF,
                     max_demos_per_file: int | None = None) -> Path:
     """Export every LIBERO-format file under ``src`` (statistics taken from ``src`` if present)."""
-    from training.data.libero_hdf5 import LiberoHdf5Reader, dataset_files
+    from vla_ros.data.libero_hdf5 import LiberoHdf5Reader, dataset_files
 
     files = dataset_files(src)
     stats_file = (Path(src) if Path(src).is_dir() else Path(src).parent) / "dataset_statistics.json"
@@ -239,7 +239,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{out}: {len(ds)} demos, {n_steps} steps, {size / 2**20:.2f} MiB "
           f"({size / max(len(ds), 1) / 1024:.0f} KiB per demo)")
     if a.check:
-        from training.data.libero_hdf5 import LiberoHdf5Reader, dataset_files
+        from vla_ros.data.libero_hdf5 import LiberoHdf5Reader, dataset_files
 
         errs = []
         i = 0

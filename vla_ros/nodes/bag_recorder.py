@@ -1,6 +1,6 @@
 """``vla_bag_recorder``: record the camera, instruction and action topics of a running graph to an MCAP bag.
 
-For real arms: teleoperate (or let a policy run), record, then ``training.data.bag_convert`` turns the bag
+For real arms: teleoperate (or let a policy run), record, then ``vla_ros.training.data.bag_convert`` turns the bag
 into the same LIBERO-format dataset as the simulator's demonstrations, so real data follows the same path
 to fine-tuning. The bag is a standard rosbag2 directory (``metadata.yaml`` + ``*.mcap``) written with the
 ``rosbags`` library (pure Python; no rosbag2 install, which PyPI lacks), so ``ros2 bag info/play`` read it

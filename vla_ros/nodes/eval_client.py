@@ -13,20 +13,25 @@ messages (one per observation stamp, holds and re-publications dropped) with the
 from __future__ import annotations
 
 import contextlib
+import json
 import os
+import shutil
 import time
 from pathlib import Path
 
 import rclpy
+import yaml
 from rclpy.executors import SingleThreadedExecutor
 
-from sim_bridge.rollout import EpisodeResult
 from vla_ros.action_conversion import command_to_libero
 from vla_ros.config import topics
 from vla_ros.conventions import get_action_space
+from vla_ros.data.results import EpisodeResult
 from vla_ros.graph import load_graph, resolve_graph
 from vla_ros.launcher import GraphProcesses
 from vla_ros.nodes.qos import command_qos, status_qos
+from vla_ros.training.eval import EvalError, progress
+from vla_ros.training.eval import main as eval_main
 from vla_ros_msgs.msg import EpisodeStatus, VlaAction
 from vla_ros_msgs.srv import ResetEpisode
 
@@ -160,3 +165,83 @@ class GraphEvaluator:
                 get_action_space(m.action_space))])
         self.actions[:] = [m for m in self.actions if m.episode_id != episode_id]
         return out
+
+
+# ---------------------------------------------------------------------- the evaluation's ROS route
+
+def checkpoint_extra_images(spec: dict) -> list[str]:
+    """Cameras besides the main one that the node's model needs: from a native checkpoint's config.json
+    (the graph loads the model in the node, not here); other backends get the wrist camera to be safe."""
+    cfg = Path(spec["checkpoint"] or "") / "config.json"
+    if spec["backend"] == "native" and cfg.is_file():
+        return list(json.loads(cfg.read_text()).get("extra_images") or [])
+    return ["wrist"]
+
+
+def run_through_ros(spec: dict) -> list[dict]:
+    """Worker: the libero_sim graph in this worker's ROS domain, one reset per job."""
+    try:
+        return _run_graphs(spec)
+    except GraphError as exc:  # plain message across the process pool
+        raise EvalError(str(exc)) from None
+
+
+def _run_graphs(spec: dict) -> list[dict]:
+    results: list[dict] = []
+    jobs = spec["jobs"]
+    record_dir = Path(spec["video_dir"]) / f".worker{spec['worker']}" if any(j[2] for j in jobs) else None
+    try:
+        # one graph per task: the graph's task argument also fixes what the bridge builds first
+        for task_id in dict.fromkeys(j[0] for j in jobs):
+            _run_task_graph(spec, task_id, record_dir, results)
+    finally:
+        if record_dir is not None:
+            shutil.rmtree(record_dir, ignore_errors=True)
+    return results
+
+
+def _run_task_graph(spec: dict, task_id: int, record_dir: Path | None, results: list[dict]) -> None:
+    """One ``libero_sim`` graph for ``task_id``: every job of that task, one reset each."""
+    jobs = spec["jobs"]
+    args = {"suite": spec["suite"], "task_id": task_id, "init_state_id": 0, "backend": spec["backend"],
+            "model": spec["checkpoint"], "adapter": spec["adapter"] or "", "device": spec["device"] or "",
+            "quantization": spec["quantization"] or "none", "step_mode": "lockstep",
+            "image_size": spec["image_size"], "max_steps": spec["max_steps"],
+            "record": str(record_dir) if record_dir else ""}
+    bridge = {"cameras": ["agentview", *checkpoint_extra_images(spec)], "image_flip": spec["image_flip"],
+              "seed": spec["seed"], "end_on_success": spec["end_on_success"]}
+    policy = {"backend_options": yaml.safe_dump(spec["backend_options"], default_flow_style=True).strip(),
+              "center_crop": spec["center_crop"]}
+    log = Path(spec["log_dir"]) / f"graph_worker{spec['worker']}_task{task_id:02d}.log"
+    with GraphEvaluator(args, domain_id=spec["domain_id"], bridge_params=bridge, policy_params=policy,
+                        log_path=log) as graph:
+        for _, init_id, record in (j for j in jobs if j[0] == task_id):
+            res = graph.run_episode(spec["suite"], task_id, init_id)
+            if record_dir is not None:
+                res.video = _keep_recording(record_dir, Path(spec["video_dir"]), res, record)
+            results.append(res.to_dict(with_actions=spec["with_actions"]))
+            progress(spec, res)
+
+
+def _keep_recording(src: Path, dst: Path, res, keep: bool, timeout_s: float = 60.0) -> str | None:
+    """The bridge records every episode of a graph that records, and closes the file just after publishing
+    the final status: wait for its sidecar, keep the chosen episode's files, drop the others."""
+    pattern = f"*_task{res.task_id:02d}_init{res.init_state_id:02d}_ep{res.episode_id:05d}_*"
+    deadline = time.monotonic() + timeout_s
+    while not list(src.glob(pattern + ".json")) and time.monotonic() < deadline:
+        time.sleep(0.1)  # another process writes it; nothing to spin here
+    video = None
+    for f in sorted(src.glob(pattern)):
+        if keep and not f.name.startswith("."):
+            target = dst / f.name
+            shutil.move(str(f), target)
+            if target.suffix == ".mp4":
+                video = str(target)
+        else:
+            f.unlink(missing_ok=True)
+    return video
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``vla-ros eval``: :func:`vla_ros.training.eval.main` with this layer's graph worker for ``--route ros``."""
+    return eval_main(argv, graph_runner=run_through_ros)

@@ -13,7 +13,7 @@ simulator): each new observation is answered once, stamped with its image stamp;
 observation (same stamp) gets the same answer again without a second inference.
 
 Further model inputs (``metadata.extra_images``, ``metadata.proprio_layout``): subscribed after loading, kept by
-header stamp and paired with the main image of a decision (:mod:`vla_ros.nodes.policy_inputs`): equal stamps in
+header stamp and paired with the main image of a decision (:mod:`vla_ros.inputs`): equal stamps in
 lockstep, within ``input_sync_tolerance_s`` otherwise. A decision whose inputs have not (yet) arrived waits for
 them briefly, then holds with ``missing_inputs`` and a counted rejection.
 """
@@ -57,9 +57,7 @@ from vla_ros.controller import (
     validate_instruction,
 )
 from vla_ros.image_codec import image_msg_to_rgb
-from vla_ros.nodes import policy_params, policy_status
-from vla_ros.nodes.execute_action import GoalHooks, InstructionActionServer
-from vla_ros.nodes.policy_inputs import (
+from vla_ros.inputs import (
     EE_POSE,
     JOINT_STATES,
     ExtraInputs,
@@ -67,6 +65,8 @@ from vla_ros.nodes.policy_inputs import (
     pose_arrays,
     stamp_ns,
 )
+from vla_ros.nodes import policy_params, policy_status
+from vla_ros.nodes.execute_action import GoalHooks, InstructionActionServer
 from vla_ros.nodes.qos import command_qos, image_qos, state_qos
 from vla_ros.policy import Policy
 from vla_ros_msgs.msg import EpisodeStatus, PolicyStatus, VlaAction

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
-from training.data.episode import Episode
+from vla_ros.data.episode import Episode
 from vla_ros.conventions import GRIPPER_CONVENTIONS
 from vla_ros.normalization import STATS_FILENAME, compute_action_statistics, save_statistics
 
@@ -95,7 +95,7 @@ def main(argv: list[str] | None = None) -> int:
     """``vla-ros dataset-stats DIR --key KEY``: write DIR/dataset_statistics.json from its LIBERO-format files."""
     import argparse
 
-    from training.data.libero_hdf5 import LiberoHdf5Reader, dataset_files
+    from vla_ros.data.libero_hdf5 import LiberoHdf5Reader, dataset_files
 
     p = argparse.ArgumentParser(prog="vla-ros dataset-stats", description=main.__doc__)
     p.add_argument("dir", help="directory of LIBERO-format .hdf5 files (searched recursively)")

@@ -11,7 +11,7 @@ serves ``ResetEpisode``. Two stepping modes (docs/sim_bridge.md):
   hold), standing still once no action came for ``action_timeout_s``.
 
 The episode protocol itself (settle steps, step limits, success check, flip) is
-``sim_bridge.libero_env.LiberoEpisodeEnv``, shared with in-process evaluation.
+``vla_ros.sim.libero_env.LiberoEpisodeEnv``, shared with in-process evaluation.
 """
 
 from __future__ import annotations
@@ -39,13 +39,13 @@ from rosgraph_msgs.msg import Clock as ClockMsg
 from sensor_msgs.msg import Image, JointState
 from std_msgs.msg import String
 
-from sim_bridge.actions import ActionRejectedError, ActionStats, check_action
-from sim_bridge.bridge_params import NODE_NAME, PARAMS, ParamSpec
-from sim_bridge.recording import EpisodeRecorder
 from vla_ros.config import topics
 from vla_ros.conventions import LIBERO_ACTION_SPACE, LIBERO_SUITES, max_steps_for, settle_action
 from vla_ros.image_codec import fill_image_msg
 from vla_ros.nodes.qos import command_qos, image_qos, status_qos
+from vla_ros.sim.actions import ActionRejectedError, ActionStats, check_action
+from vla_ros.sim.bridge_params import NODE_NAME, PARAMS, ParamSpec
+from vla_ros.sim.recording import EpisodeRecorder
 from vla_ros_msgs.msg import EpisodeStatus, VlaAction
 from vla_ros_msgs.srv import ResetEpisode
 
@@ -64,7 +64,7 @@ EnvFactory = Callable[..., object]
 
 
 def _default_env_factory(suite: str, task_id: int, **kwargs):
-    from sim_bridge.libero_env import LiberoEpisodeEnv  # LIBERO is imported only when an env is built
+    from vla_ros.sim.libero_env import LiberoEpisodeEnv  # LIBERO is imported only when an env is built
 
     return LiberoEpisodeEnv(suite, task_id, **kwargs)
 

@@ -25,7 +25,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from training.data.episode import IMAGE_KEYS, LOWDIM_DIMS, LOWDIM_KEYS, Episode
+from vla_ros.data.episode import IMAGE_KEYS, LOWDIM_DIMS, LOWDIM_KEYS, Episode
 from vla_ros.conventions import DEFAULT_IMAGE_FLIP, flip_image
 
 log = logging.getLogger(__name__)
