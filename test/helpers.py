@@ -11,6 +11,8 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from vla_ros.nodes.spin import spin_until  # noqa: F401 - the one spin loop, re-exported for the tests
+
 REPO = Path(__file__).resolve().parents[1]
 PYTHON = sys.executable
 
@@ -27,10 +29,6 @@ def wait_for(predicate: Callable[[], bool], timeout: float, spin: Callable[[], N
         else:
             time.sleep(0.02)
     raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
-
-
-def spin_until(executor, predicate: Callable[[], bool], timeout: float, what: str = "condition") -> None:
-    wait_for(predicate, timeout, spin=lambda: executor.spin_once(timeout_sec=0.05), what=what)
 
 
 class ManagedProcess:

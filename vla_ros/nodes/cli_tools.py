@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-import time
 
 import rclpy
 from rclpy.executors import SingleThreadedExecutor
@@ -20,6 +19,7 @@ from std_srvs.srv import SetBool
 
 from vla_ros.config import topics
 from vla_ros.nodes.qos import command_qos, listener_qos
+from vla_ros.nodes.spin import SpinTimeoutError, spin_for, spin_until
 from vla_ros_msgs.msg import EpisodeStatus, PolicyStatus, VlaAction
 from vla_ros_msgs.srv import ResetEpisode
 
@@ -27,13 +27,13 @@ INSTRUCTION_QOS = command_qos()
 WATCH_QOS = listener_qos()
 
 
-def _spin_until(executor, predicate, timeout_s: float) -> bool:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        executor.spin_once(timeout_sec=0.05)
-    return predicate()
+def _waited(executor, predicate, timeout_s: float) -> bool:
+    """True when ``predicate`` held within ``timeout_s`` (a tool reports a timeout, it does not raise)."""
+    try:
+        spin_until(executor, predicate, timeout_s)
+    except SpinTimeoutError:
+        return False
+    return True
 
 
 def format_action(m: VlaAction) -> str:
@@ -61,12 +61,12 @@ def format_episode(m: EpisodeStatus) -> str:
 
 def cmd_send(opts, node, ex) -> int:
     pub = node.create_publisher(String, opts.topic or topics()["instruction"], INSTRUCTION_QOS)
-    if not _spin_until(ex, lambda: pub.get_subscription_count() > 0, opts.timeout):
+    if not _waited(ex, lambda: pub.get_subscription_count() > 0, opts.timeout):
         print(f"vla-ros send: no subscriber on {pub.topic_name} after {opts.timeout:.0f} s "
               "(is vla_policy_node running in this ROS_DOMAIN_ID?)", file=sys.stderr)
         return 1
     pub.publish(String(data=opts.text))
-    _spin_until(ex, lambda: False, 0.3)  # let the reliable writer deliver before we leave
+    spin_for(ex, 0.3)  # let the reliable writer deliver before we leave
     print(f"sent to {pub.topic_name}: {opts.text!r}")
     return 0
 
@@ -89,17 +89,17 @@ def cmd_watch(opts, node, ex) -> int:
     if "episode" in which:
         node.create_subscription(EpisodeStatus, t["episode_status"], printer(format_episode), WATCH_QOS)
     done = (lambda: seen["n"] >= opts.count) if opts.count else (lambda: False)
-    _spin_until(ex, done, opts.timeout if opts.timeout > 0 else float("inf"))
+    _waited(ex, done, opts.timeout if opts.timeout > 0 else float("inf"))
     return 0 if seen["n"] or not opts.count else 1
 
 
 def cmd_enable(opts, node, ex) -> int:
     client = node.create_client(SetBool, topics()["enable_service"])
-    if not _spin_until(ex, client.service_is_ready, opts.timeout):
+    if not _waited(ex, client.service_is_ready, opts.timeout):
         print("vla-ros enable: the policy node's enable service is not available", file=sys.stderr)
         return 1
     fut = client.call_async(SetBool.Request(data=opts.value == "true"))
-    _spin_until(ex, fut.done, opts.timeout)
+    _waited(ex, fut.done, opts.timeout)
     resp = fut.result()
     print(f"enable={opts.value}: {resp.message if resp else 'no answer'}")
     return 0 if resp and resp.success else 1
@@ -107,11 +107,11 @@ def cmd_enable(opts, node, ex) -> int:
 
 def cmd_reset(opts, node, ex) -> int:
     client = node.create_client(ResetEpisode, topics()["reset_service"])
-    if not _spin_until(ex, client.service_is_ready, opts.timeout):
+    if not _waited(ex, client.service_is_ready, opts.timeout):
         print("vla-ros reset: the simulator bridge's reset service is not available", file=sys.stderr)
         return 1
     fut = client.call_async(ResetEpisode.Request(suite=opts.suite, task_id=opts.task, init_state_id=opts.init))
-    _spin_until(ex, fut.done, max(opts.timeout, 60.0))  # building a LIBERO env takes seconds
+    _waited(ex, fut.done, max(opts.timeout, 60.0))  # building a LIBERO env takes seconds
     resp = fut.result()
     if resp is None or not resp.success:
         print(f"vla-ros reset failed: {resp.message if resp else 'no answer'}", file=sys.stderr)

@@ -30,6 +30,7 @@ from vla_ros.data.results import EpisodeResult
 from vla_ros.graph import load_graph, resolve_graph
 from vla_ros.launcher import GraphProcesses
 from vla_ros.nodes.qos import command_qos, status_qos
+from vla_ros.nodes.spin import SpinTimeoutError, spin_until
 from vla_ros.training.eval import EvalError, progress
 from vla_ros.training.eval import main as eval_main
 from vla_ros_msgs.msg import EpisodeStatus, VlaAction
@@ -115,15 +116,16 @@ class GraphEvaluator:
         return self.graph is not None and self.graph.poll_failure() is None
 
     def _spin_until(self, predicate, timeout_s: float, what: str) -> None:
-        deadline = time.monotonic() + timeout_s
-        while not predicate():
-            if time.monotonic() > deadline:
-                raise GraphError(f"timed out after {timeout_s:.0f} s waiting for {what}")
+        def graph_alive() -> None:
             failed = self.graph.poll_failure() if self.graph is not None else None
             if failed is not None:
                 raise GraphError(f"node {failed[0].name} exited with code {failed[1]} while waiting for {what}"
                                  + (f" (log: {self.log_path})" if self.log_path else ""))
-            self.executor.spin_once(timeout_sec=0.05)
+
+        try:
+            spin_until(self.executor, predicate, timeout_s, what, check=graph_alive)
+        except SpinTimeoutError as exc:
+            raise GraphError(str(exc)) from None
 
     # ------------------------------------------------------------------ episodes
     def run_episode(self, suite: str, task_id: int, init_state_id: int, timeout_s: float = 1800.0

@@ -6,9 +6,6 @@ Used by the tests and ``bench/bench_bridge.py``; a minimal example of driving th
 
 from __future__ import annotations
 
-import time
-from collections.abc import Callable
-
 import numpy as np
 import rclpy
 from builtin_interfaces.msg import Time
@@ -21,6 +18,7 @@ from std_msgs.msg import String
 from vla_ros.config import topics
 from vla_ros.conventions import LIBERO_ACTION_SPACE
 from vla_ros.nodes.qos import command_qos, status_qos
+from vla_ros.nodes.spin import spin_until
 from vla_ros_msgs.msg import EpisodeStatus, VlaAction
 from vla_ros_msgs.srv import ResetEpisode
 
@@ -29,13 +27,6 @@ STATUS = status_qos()
 TIMEOUT = 60.0  # generous: two CPU cores shared with other processes
 
 
-def spin_until(executor, predicate: Callable[[], bool], timeout: float, what: str = "condition") -> None:
-    """Spin ``executor`` until ``predicate`` holds; AssertionError after ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
-        executor.spin_once(timeout_sec=0.05)
 
 
 def libero_to_msg(a, stamp, *, space=LIBERO_ACTION_SPACE, **fields) -> VlaAction:
