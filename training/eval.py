@@ -274,7 +274,7 @@ def main(argv: list[str] | None = None, graph_runner: GraphRunner | None = None)
     handled = (signal.SIGINT, signal.SIGTERM) if threading.current_thread() is threading.main_thread() else ()
     previous = {sig: signal.signal(sig, _stop_on_signal) for sig in handled}
     try:
-        report = evaluate(a)
+        report = evaluate(a, graph_runner)
     except Interrupted as exc:
         print(f"vla-ros eval: stopped by signal {exc.signum}; no report written", file=sys.stderr)
         return 128 + exc.signum
