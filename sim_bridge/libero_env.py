@@ -3,6 +3,8 @@
 One place defines how an episode runs: the suite's fixed init states, ``NUM_STEPS_WAIT`` settle
 steps (not counted), the per-suite step limit, the success check, and the camera flip applied to
 every published/consumed image. LIBERO is imported lazily, only when an env is built.
+``LiberoEpisodeEnv.render_viewer`` renders a larger, upright frame for people (the viewer recording) from the
+same render context, without changing what the policy's cameras render.
 """
 
 from __future__ import annotations
@@ -23,17 +25,33 @@ from vla_ros.conventions import (
 
 # LIBERO camera names for the two cameras vla_ros knows.
 CAMERAS = {"agentview": "agentview", "wrist": "robot0_eye_in_hand"}
+# The viewer's frames are the true camera view: LIBERO renders upside down and "vflip" undoes exactly that
+# (the policy's "rot180" is a mirror of the true view, docs/conventions.md).
+VIEWER_FLIP = "vflip"
+VIEWER_SIZE = 512
 
 _fast_render = {"on": False}
+# Smallest offscreen buffer (width, height) a new render context gets, for the largest viewer frame asked for
+# in this process. MuJoCo's default is 640x480: a larger render makes robosuite rebuild its MuJoCo render
+# context (every mesh and texture uploaded again: 2-4 s measured on this CPU), and a hard reset makes a new
+# context at the model's default size. A larger buffer does not change the policy's frames (checked pixel
+# for pixel, test/test_viewer_recording.py); it never shrinks, so one process pays the rebuild at most once.
+_offscreen_reserve = {"width": 0, "height": 0}
+
+
+def _reserve_offscreen(width: int, height: int) -> None:
+    _offscreen_reserve["width"] = max(_offscreen_reserve["width"], int(width))
+    _offscreen_reserve["height"] = max(_offscreen_reserve["height"], int(height))
 
 
 def _install_fast_render_hook() -> None:
-    """Make robosuite's offscreen render contexts skip MSAA, shadows and reflections when asked.
+    """Make robosuite's offscreen render contexts skip MSAA, shadows and reflections when asked, and make
+    their offscreen buffer as large as the viewer frames need (``_offscreen_reserve``).
 
     LIBERO's scenes have ~726k vertices and rendering dominates a CPU step (157 ms vs 19 ms physics
-    for one 128px camera, ../shared/ENVIRONMENT.md). MSAA samples are read when the GL context is
-    made, so the switch must act inside the context constructor, which robosuite calls after every
-    (hard) reset: a wrapper around it is the one place that sees every new context.
+    for one 128px camera, ../shared/ENVIRONMENT.md). MSAA samples and the buffer size are read when the
+    GL context is made, so the switch must act inside the context constructor, which robosuite calls after
+    every (hard) reset: a wrapper around it is the one place that sees every new context.
     """
     import mujoco
     from robosuite.utils import binding_utils
@@ -46,6 +64,9 @@ def _install_fast_render_hook() -> None:
     def init(self, sim, *args, **kwargs):
         if _fast_render["on"]:
             sim.model._model.vis.quality.offsamples = 0
+        buffer = sim.model._model.vis.global_
+        buffer.offwidth = max(buffer.offwidth, _offscreen_reserve["width"])
+        buffer.offheight = max(buffer.offheight, _offscreen_reserve["height"])
         original_init(self, sim, *args, **kwargs)
         if _fast_render["on"]:
             self.scn.flags[mujoco.mjtRndFlag.mjRND_SHADOW] = 0
@@ -92,7 +113,9 @@ class LiberoEpisodeEnv:
     def __init__(self, suite: str, task_id: int, *, image_size: int = SIM_IMAGE_SIZE,
                  cameras: tuple[str, ...] = ("agentview", "wrist"), image_flip: str = DEFAULT_IMAGE_FLIP,
                  fast_render: bool = True, max_steps: int | None = None, num_steps_wait: int = NUM_STEPS_WAIT,
-                 end_on_success: bool = True, seed: int = 0, hard_reset: bool = True):
+                 end_on_success: bool = True, seed: int = 0, hard_reset: bool = True, viewer_size: int = 0):
+        """``viewer_size`` (0: none) makes the render contexts large enough for viewer frames of that size from
+        the start, so that the first :meth:`render_viewer` does not rebuild one (seconds)."""
         from libero.libero import benchmark, get_libero_path
         from libero.libero.envs import OffScreenRenderEnv
 
@@ -121,6 +144,8 @@ class LiberoEpisodeEnv:
 
         _install_fast_render_hook()
         _fast_render["on"] = bool(fast_render)
+        if viewer_size:
+            _reserve_offscreen(viewer_size, viewer_size)
         bddl = os.path.join(get_libero_path("bddl_files"), self.task.problem_folder, self.task.bddl_file)
         self.env = OffScreenRenderEnv(
             bddl_file_name=bddl,
@@ -223,7 +248,27 @@ class LiberoEpisodeEnv:
             raw=raw,
         )
 
-    def raw_frame(self, camera: str = "agentview") -> np.ndarray:
-        """The current frame exactly as LIBERO renders it (no flip), for tests and recordings."""
-        return self.env.sim.render(camera_name=CAMERAS[camera], height=self.image_size,
-                                   width=self.image_size)[..., :3]
+    def raw_frame(self, camera: str = "agentview", size: int | None = None) -> np.ndarray:
+        """The current frame exactly as LIBERO renders it (no flip), at ``image_size`` unless ``size`` is given."""
+        if camera not in CAMERAS:
+            raise ValueError(f"unknown camera {camera!r}; known: {list(CAMERAS)}")
+        if self.env is None or self.env.sim._render_context_offscreen is None:
+            raise RuntimeError("this env renders no images (built without cameras, or closed)")
+        size = int(size or self.image_size)
+        return self.env.sim.render(camera_name=CAMERAS[camera], height=size, width=size)[..., :3]
+
+    def render_viewer(self, camera: str = "agentview", size: int = VIEWER_SIZE) -> np.ndarray:
+        """The current scene from ``camera`` at ``size`` x ``size``, upright (the true camera view, not the
+        policy's flip): a frame for people, e.g. ``EpisodeRecorder.add_viewer``. Call it from the thread that
+        steps the env (robosuite's GL context is current there), after :meth:`step`/:meth:`reset`.
+
+        It renders once more through the env's own render context (the policy's frames stay exactly as they
+        are). On a CPU that costs about 0.6 of a two-camera 128 px step at 512 px, and not much less at 256 px
+        (``vla_ros.sim.recording.VIEWER_EVERY`` has the numbers): render every k-th step, not every step.
+        """
+        size = int(size)
+        if not 16 <= size <= 4096:
+            raise ValueError(f"viewer size must be 16..4096 px, got {size}")
+        # The next render context (after a hard reset) is made this large at once: no rebuild per episode.
+        _reserve_offscreen(size, size)
+        return flip_image(self.raw_frame(camera, size), VIEWER_FLIP)
