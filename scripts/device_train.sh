@@ -26,7 +26,11 @@ if [ "$NPROC" -gt 1 ]; then
 else
   LAUNCH=(python -m vla_ros.training.train)
 fi
-PYTHONPATH=. "${LAUNCH[@]}" --data "${DATA_PATHS[@]}" --preset tiny-128 --out "$RUN" \
+# vla_ros.training and vla_ros.sim are setup.py's package_dir names for training/ and sim_bridge/ (the device has
+# no install of this checkout): lay the package out the way an install does, without pip or a registry.
+LIB=/root/vla_ros_lib
+rm -rf "$LIB" && python setup.py -q build_py --build-lib "$LIB" >/dev/null 2>&1
+PYTHONPATH=$LIB "${LAUNCH[@]}" --data "${DATA_PATHS[@]}" --preset tiny-128 --out "$RUN" \
   --num-workers "$W" --batch-size 64 --steps "$STEPS" --max-minutes "$MIN" --save-every-minutes 4 --keep-checkpoints 1 \
   --wrist --proprio --predict-done --augment --no-progress --log-every 200 "$@" 2>&1 \
   | grep --line-buffered -v "^\s*$" | tail -n 120

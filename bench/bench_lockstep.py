@@ -1,0 +1,131 @@
+"""Steps per second of one lockstep episode through the libero_sim graph vs the same policy in process.
+
+The in-process rollout (``vla_ros.sim.rollout.run_episode``: env and policy in one process) times its two parts
+per step: the simulator step (``LiberoEpisodeEnv.step``: physics + rendering of the policy's cameras) and the
+policy's decision (``policy.act``). The graph run (sim_bridge_node + vla_policy_node as their own processes,
+lockstep, started by ``vla_ros.nodes.eval_client.GraphEvaluator`` exactly as ``vla-ros eval --route ros`` does)
+runs the same task, init state, seed, cameras and image size. The figure of merit is
+
+    graph steps/s  /  (1 / (mean sim step + mean inference))      target: >= 0.90
+
+Runs alternate (in-process, graph, in-process, graph, ...) so drift in the machine's load hits both. The graph's
+environment is the demo's (one math thread per process, see ``vla_ros.nodes.demo``). Prints one JSON object;
+docs/benchmarks.md has the results.
+
+    python bench/bench_lockstep.py --repeats 2                       # the demo's episode, shipped model
+    python bench/bench_lockstep.py --suite libero_object --task 3 --steps 60
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
+os.environ.setdefault("FASTDDS_BUILTIN_TRANSPORTS", "UDPv4")
+os.environ.setdefault("ROS_DOMAIN_ID", str(os.getpid() % 90 + 5))
+os.environ.setdefault("MUJOCO_GL", "egl")
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+class Timed:
+    """Wraps a callable and keeps the wall time of each call."""
+
+    def __init__(self, fn):
+        self.fn, self.times = fn, []
+
+    def __call__(self, *args, **kwargs):
+        t0 = time.perf_counter()
+        try:
+            return self.fn(*args, **kwargs)
+        finally:
+            self.times.append(time.perf_counter() - t0)
+
+
+def run_inprocess(args) -> dict:
+    import torch
+
+    from vla_ros.backends import load_policy
+    from vla_ros.sim.libero_env import LiberoEpisodeEnv
+    from vla_ros.sim.rollout import run_episode
+
+    torch.set_num_threads(1)  # as the graph's processes run (OMP_NUM_THREADS=1)
+    policy = load_policy("native", args.model, device="cpu")
+    env = LiberoEpisodeEnv(args.suite, args.task, image_size=args.image_size,
+                           cameras=("agentview", *policy.metadata.extra_images), max_steps=args.steps or None,
+                           end_on_success=True, seed=args.seed)
+    try:
+        env.step = Timed(env.step)
+        policy.act = Timed(policy.act)
+        t0 = time.perf_counter()
+        res = run_episode(env, policy, args.init)
+        wall = time.perf_counter() - t0
+        steps = res.steps
+        sim_ms = 1e3 * statistics.mean(env.step.times[-steps:])  # the settle steps of the reset are not counted
+        act_ms = 1e3 * statistics.mean(policy.act.times)
+        return {"steps": steps, "reason": res.reason, "wall_s": round(wall, 2), "sim_step_ms": round(sim_ms, 1),
+                "inference_ms": round(act_ms, 1), "steps_per_s": round(steps / res.wall_s, 2),
+                "parts_steps_per_s": round(1e3 / (sim_ms + act_ms), 2)}
+    finally:
+        env.close()
+        policy.close()
+
+
+def run_graph(args) -> dict:
+    from vla_ros.nodes.eval_client import GraphEvaluator
+
+    os.environ["OMP_NUM_THREADS"] = "1"  # as the demo sets it for its graph
+    launch = {"suite": args.suite, "task_id": args.task, "init_state_id": args.init, "backend": "native",
+              "model": args.model, "device": "cpu", "step_mode": "lockstep", "image_size": args.image_size,
+              "max_steps": args.steps, "record": ""}
+    with tempfile.TemporaryDirectory() as tmp, \
+            GraphEvaluator(launch, bridge_params={"seed": args.seed}, log_path=Path(tmp) / "graph.log") as graph:
+        res = graph.run_episode(args.suite, args.task, args.init)
+    return {"steps": res.steps, "reason": res.reason, "wall_s": round(res.wall_s, 2),
+            "steps_per_s": round(res.steps / res.wall_s, 2)}
+
+
+def main(argv: list[str] | None = None) -> int:
+    from vla_ros.shipped import bundled_model
+
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--suite", default="libero_spatial")
+    p.add_argument("--task", type=int, default=5)
+    p.add_argument("--init", type=int, default=0)
+    p.add_argument("--seed", type=int, default=7)
+    p.add_argument("--image-size", type=int, default=128)
+    p.add_argument("--steps", type=int, default=0, help="step limit (0: the suite's)")
+    p.add_argument("--model", default="", help="checkpoint (default: the suite's shipped one)")
+    p.add_argument("--repeats", type=int, default=1)
+    p.add_argument("--route", choices=["both", "inprocess", "ros"], default="both")
+    args = p.parse_args(argv)
+    args.model = args.model or str(bundled_model(args.suite))
+    runs: dict[str, list[dict]] = {"inprocess": [], "ros": []}
+    for _ in range(args.repeats):
+        if args.route in ("both", "inprocess"):
+            runs["inprocess"].append(run_inprocess(args))
+            print(f"[bench] in-process: {runs['inprocess'][-1]}", file=sys.stderr, flush=True)
+        if args.route in ("both", "ros"):
+            runs["ros"].append(run_graph(args))
+            print(f"[bench] graph: {runs['ros'][-1]}", file=sys.stderr, flush=True)
+    out: dict = {"args": vars(args), "machine": {"cpus": os.cpu_count(), "python": platform.python_version(),
+                                                  "load_avg": os.getloadavg()},
+                 "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), **runs}
+    if runs["inprocess"] and runs["ros"]:
+        parts = statistics.mean(r["parts_steps_per_s"] for r in runs["inprocess"])
+        graph = statistics.mean(r["steps_per_s"] for r in runs["ros"])
+        out["graph_vs_parts"] = round(graph / parts, 3)
+    print(json.dumps(out, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
