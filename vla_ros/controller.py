@@ -8,6 +8,7 @@ rule can be tested without rclpy. No model logic here: a policy's raw output com
 from __future__ import annotations
 
 import math
+import re
 import threading
 import time
 from collections.abc import Callable
@@ -143,22 +144,93 @@ def shape_action(raw: np.ndarray, space: ActionSpace, checkpoint_convention: str
     return cmd
 
 
+class RejectedInputError(ValueError):
+    """A rejected input, with a short reason code that is counted and logged per reason.
+
+    ``str(exc)`` ends with ``[reason]`` so the code survives where only the message travels (the node
+    passes ``str(exc)`` to :class:`RejectionLog`, which reads it back with :func:`rejection_reason`).
+    """
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(f"{message} [{reason}]")
+        self.reason = reason
+
+
+_REASON_TAG = re.compile(r" \[([a-z][a-z0-9_]*)\]$")
+
+
+def rejection_reason(detail: str) -> str:
+    """The reason code at the end of a rejection's message ("" when it names none)."""
+    m = _REASON_TAG.search(detail)
+    return m.group(1) if m else ""
+
+
 def check_image_size(img: np.ndarray, cfg: ControllerConfig) -> None:
     h, w = img.shape[:2]
     if min(h, w) < cfg.min_image_side or max(h, w) > cfg.max_image_side:
-        raise ValueError(f"image {w}x{h} outside the accepted sides [{cfg.min_image_side}, {cfg.max_image_side}]")
+        raise RejectedInputError("image_size", f"image {w}x{h} outside the accepted sides "
+                                               f"[{cfg.min_image_side}, {cfg.max_image_side}]")
+
+
+# Reason codes of validate_instruction, and the characters behind them. Tab, LF and CR are whitespace
+# (collapsed); every other C0 control, DEL and C1 is refused. Lone surrogates come from a bad decode
+# (surrogateescape, JSON "\ud800"); U+FFFD is what rclpy makes of invalid UTF-8 on the wire. Bidi
+# overrides, embeddings and isolates make the logged text read differently from what the model gets.
+INSTRUCTION_REJECTIONS = ("empty", "zero_width_only", "too_long", "nul", "control_character", "bidi_control",
+                          "invalid_utf8")
+_FORBIDDEN = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069\ud800-\udfff\ufffd]")
+_ZERO_WIDTH = frozenset("\u200b\u200c\u200d\u2060\ufeff")
+
+
+def _forbidden_reason(c: str) -> tuple[str, str]:
+    code = ord(c)
+    if code == 0:
+        return "nul", "a NUL character (ROS strings end at the first NUL: the rest would be lost)"
+    if 0xD800 <= code <= 0xDFFF:
+        return "invalid_utf8", f"a lone surrogate U+{code:04X} (not valid UTF-8: a bad decode upstream)"
+    if code == 0xFFFD:
+        return "invalid_utf8", "U+FFFD, the replacement of invalid UTF-8 bytes"
+    if 0x202A <= code <= 0x202E or 0x2066 <= code <= 0x2069:
+        return "bidi_control", f"a bidirectional override/embedding/isolate U+{code:04X}"
+    return "control_character", f"control character U+{code:04X}"
 
 
 def validate_instruction(text: str, max_chars: int) -> str:
-    """The instruction as the policy gets it (whitespace collapsed), or ValueError saying why not."""
-    if any(ord(c) < 32 and c not in "\t\n\r" for c in text):
-        raise ValueError("instruction contains control characters")
+    """The instruction as the policy gets it (whitespace collapsed), or :class:`RejectedInputError` saying why not.
+
+    A NUL reaches here from in-process callers, the HTTP server and :func:`instruction_from_cdr`, not from
+    a plain ROS subscription: rclpy's string conversion cuts the text at the first NUL in the sender's
+    process and again in the receiver's (``strlen``). Reasons: :data:`INSTRUCTION_REJECTIONS`.
+    """
+    bad = _FORBIDDEN.search(text)
+    if bad is not None:
+        reason, what = _forbidden_reason(bad.group())
+        raise RejectedInputError(reason, f"instruction contains {what} at index {bad.start()}")
     cleaned = " ".join(text.split())
     if not cleaned:
-        raise ValueError("empty instruction")
+        raise RejectedInputError("empty", "empty instruction")
+    if _ZERO_WIDTH.issuperset(cleaned.replace(" ", "")):
+        raise RejectedInputError("zero_width_only", "instruction has only zero-width characters, nothing visible")
     if len(cleaned) > max_chars:
-        raise ValueError(f"instruction of {len(cleaned)} characters exceeds max_instruction_chars={max_chars}")
+        raise RejectedInputError("too_long", f"instruction of {len(cleaned)} characters exceeds "
+                                             f"max_instruction_chars={max_chars}")
     return cleaned
+
+
+def instruction_from_cdr(raw: bytes) -> str:
+    """The text of a serialized std_msgs/String (a ``raw=True`` subscription) with everything rclpy would lose.
+
+    rclpy's conversion cuts at the first NUL and puts U+FFFD for invalid UTF-8; here the string's full CDR
+    length is kept and invalid bytes become lone surrogates, so :func:`validate_instruction` names them
+    (``nul``, ``invalid_utf8``). Layout: a 4-byte encapsulation header (its low bit: little-endian), then
+    a uint32 length that counts the terminating NUL, then the bytes.
+    """
+    if len(raw) < 9 or raw[0] != 0:
+        raise RejectedInputError("malformed", f"not a serialized std_msgs/String ({len(raw)} bytes)")
+    n = int.from_bytes(raw[4:8], "little" if raw[1] & 1 else "big")
+    if n < 1 or 8 + n > len(raw) or raw[8 + n - 1] != 0:
+        raise RejectedInputError("malformed", f"a serialized string of {n} bytes in a {len(raw)}-byte message")
+    return raw[8:8 + n - 1].decode("utf-8", "surrogateescape")
 
 
 # ---------------------------------------------------------------- plumbing helpers
@@ -203,13 +275,25 @@ class LatestSlot(Generic[T]):
             self._item, self._fresh = None, False
 
 
+_QUOTED_OR_NUMBER = re.compile(r"'[^']*'|\"[^\"]*\"|\d+")
+_MAX_REASONS_PER_BURST = 16  # lines logged at once in one burst; rarer reasons beyond are only counted
+
+
+def _burst_label(detail: str) -> str:
+    """What tells two rejections' reasons apart in the log: the reason code, else the message with its
+    numbers and quoted values masked (sizes and attacker-chosen strings vary, the reason does not)."""
+    return rejection_reason(detail) or _QUOTED_OR_NUMBER.sub("…", detail)[:60]
+
+
 @dataclass
 class RejectionLog:
-    """Counts rejected inputs and logs once per burst instead of once per message.
+    """Counts rejected inputs per kind and reason; logs each reason once per burst, not once per message.
 
-    A burst is a run of rejections less than ``quiet_s`` apart; its first rejection is logged, the
-    rest are counted and summarised when the next burst starts, so a camera streaming a wrong
-    encoding at 30 Hz cannot flood the log.
+    A burst is a run of rejections less than ``quiet_s`` apart. In a burst the first rejection of each
+    (kind, reason) is logged at once, so every reason is named; repeats are counted, and summarised per
+    reason when the burst is over: by :meth:`flush` (call it periodically) or with the first line of the
+    next burst. A camera streaming a wrong encoding at 30 Hz thus cannot flood the log.
+    ``by_reason`` counts ``"<kind>.<reason code>"`` (``"<kind>.other"`` for a message without a code).
     """
 
     log: Callable[[str], None]
@@ -217,20 +301,40 @@ class RejectionLog:
     clock: Callable[[], float] = time.monotonic
     total: int = 0
     by_kind: dict[str, int] = field(default_factory=dict)
-    _suppressed: int = 0
+    by_reason: dict[str, int] = field(default_factory=dict)
+    _burst: dict[tuple[str, str], int] = field(default_factory=dict)  # (kind, label) -> repeats not logged
     _last: float = -math.inf
 
-    def reject(self, kind: str, detail: str) -> None:
+    def reject(self, kind: str, detail: str, reason: str = "") -> None:
         now = self.clock()
+        reason = reason or rejection_reason(detail)
         self.total += 1
         self.by_kind[kind] = self.by_kind.get(kind, 0) + 1
-        if now - self._last >= self.quiet_s:
-            extra = f" ({self._suppressed} more rejections since the last report)" if self._suppressed else ""
-            self.log(f"rejected {kind}: {detail}{extra}")
-            self._suppressed = 0
-        else:
-            self._suppressed += 1
+        key = f"{kind}.{reason or 'other'}"
+        self.by_reason[key] = self.by_reason.get(key, 0) + 1
+        summary = self._end_burst() if now - self._last >= self.quiet_s else ""
         self._last = now
+        label = (kind, reason or _burst_label(detail))
+        if label in self._burst:
+            self._burst[label] += 1
+        elif len(self._burst) >= _MAX_REASONS_PER_BURST:
+            other = (kind, "further reasons")
+            self._burst[other] = self._burst.get(other, 0) + 1
+        else:
+            self._burst[label] = 0
+            self.log(f"rejected {kind}: {detail}" + (f" ({summary})" if summary else ""))
+
+    def flush(self) -> None:
+        """Log the summary of a burst that is over (nothing while it may go on, nothing twice)."""
+        if self._burst and self.clock() - self._last >= self.quiet_s:
+            summary = self._end_burst()
+            if summary:
+                self.log(f"rejections ended: {summary}")
+
+    def _end_burst(self) -> str:
+        repeats = [f"{n} more {kind} ({label})" for (kind, label), n in self._burst.items() if n]
+        self._burst.clear()
+        return "last burst: " + ", ".join(repeats) if repeats else ""
 
 
 class RateMeter:

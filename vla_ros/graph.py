@@ -2,7 +2,9 @@
 
 ``ros2 launch vla_ros libero_sim.launch.py`` and the pip runner ``vla-ros launch libero_sim`` both call
 :func:`resolve_graph`, so the arguments, executables, params files, parameter overrides and
-remappings are the same on both routes; only the process starting differs.
+remappings are the same on both routes; only the process starting differs. A params file given as a
+launch argument is looked up in the working directory first, then in the package's config/
+(:func:`find_params_file`).
 """
 
 from __future__ import annotations
@@ -90,6 +92,32 @@ def parse_launch_args(tokens: list[str]) -> dict[str, str]:
     return out
 
 
+def _is_literal(entry) -> bool:
+    """A params file named in graphs.yaml itself (not a launch argument's value)."""
+    return isinstance(entry, str) and not _ARG_REF.match(entry.strip())
+
+
+def find_params_file(name: str, user_given: bool) -> Path:
+    """A params file as an absolute path.
+
+    A file named by a launch argument (``config:=my_arm.yaml``) is the user's: an absolute path as it is,
+    else relative to the working directory if it exists there, else in the package's config/ (so the
+    shipped ``arm.yaml`` still works by its bare name). A file named in graphs.yaml itself is always the
+    package's, so a stray ``policy_node.yaml`` in the working directory cannot replace the defaults.
+    """
+    path = Path(name).expanduser()
+    if path.is_absolute():
+        tried = [path]
+    elif user_given:
+        tried = [Path.cwd() / path, config_dir() / path]
+    else:
+        tried = [config_dir() / path]
+    for candidate in tried:
+        if candidate.is_file():
+            return candidate.absolute()
+    raise FileNotFoundError(f"params file {name!r} not found (looked at {', '.join(str(t) for t in tried)})")
+
+
 def resolve_graph(graph: GraphSpec, values: dict[str, str]) -> list[ResolvedNode]:
     """Substitute argument values into the graph's nodes; unknown names and bad choices are errors."""
     unknown = set(values) - set(graph.arguments)
@@ -121,13 +149,7 @@ def resolve_graph(graph: GraphSpec, values: dict[str, str]) -> list[ResolvedNode
     topic_names = topics()
     for spec in graph.nodes:
         files = spec["params_file"] if isinstance(spec["params_file"], list) else [spec["params_file"]]
-        paths = []
-        for entry in files:
-            name = str(value_of(entry))
-            path = Path(name) if "/" in name else config_dir() / name  # bare names live in config/
-            if not path.is_file():
-                raise FileNotFoundError(f"params file {path} not found")
-            paths.append(path)
+        paths = [find_params_file(str(value_of(entry)), user_given=not _is_literal(entry)) for entry in files]
         params = {k: value_of(v) for k, v in (spec.get("parameters") or {}).items()}
         remaps = []
         for key, target in (spec.get("remappings") or {}).items():

@@ -4,19 +4,23 @@ PyPI has no `launch`/`launch_ros`/`ros2cli`, so this starts the same executables
 files and argument names, all resolved by :mod:`vla_ros.graph` from config/graphs.yaml, exactly as
 launch/<graph>.launch.py does. Each node runs in its own process group; Ctrl-C (or SIGTERM) stops all
 with SIGINT, then SIGKILL after a grace period; a node that fails stops the rest and its exit code
-becomes the runner's.
+becomes the runner's. A runner that dies without stopping them (SIGKILL, a crash) still takes them along:
+each node gets SIGTERM from the kernel when the runner goes (Linux's parent-death signal), and stops as
+on any SIGTERM.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import ctypes
 import os
 import shutil
 import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from vla_ros.graph import ResolvedNode, graph_names, load_graph, parse_launch_args, resolve_graph
@@ -33,8 +37,31 @@ def find_executable(name: str) -> str:
     return found
 
 
+_PR_SET_PDEATHSIG = 1  # prctl(2) option, <linux/prctl.h>
+# dlopen(NULL): the process's own symbols, libc's among them (no library search at import)
+_prctl = getattr(ctypes.CDLL(None), "prctl", None) if sys.platform.startswith("linux") else None
+
+
+def _die_with_parent(parent_pid: int) -> Callable[[], None] | None:
+    """A ``preexec_fn`` that asks the kernel for SIGTERM when the launching thread ends (Linux only).
+
+    The signal follows the thread that forked, not the process: start nodes from a thread that lives as
+    long as the graph (the main thread in every caller here). A parent that died before the prctl
+    call has already been replaced by a reaper: the child then ends at once instead of staying orphaned.
+    """
+    if _prctl is None:  # other systems: stop() still stops the nodes; only a killed runner leaves them
+        return None
+
+    def preexec() -> None:  # runs in the child between fork and exec: keep to system calls
+        _prctl(_PR_SET_PDEATHSIG, int(signal.SIGTERM), 0, 0, 0)
+        if os.getppid() != parent_pid:
+            os._exit(1)
+
+    return preexec
+
+
 class GraphProcesses:
-    """The running nodes of one graph."""
+    """The running nodes of one graph (they receive SIGTERM should the starting thread die)."""
 
     def __init__(self, nodes: list[ResolvedNode], env: dict | None = None, stdout=None):
         self.nodes = nodes
@@ -46,7 +73,8 @@ class GraphProcesses:
         for node in self.nodes:
             cmd = [find_executable(node.executable), *node.ros_args()]
             proc = subprocess.Popen(cmd, env=self.env, start_new_session=True, stdout=self.stdout,
-                                    stderr=subprocess.STDOUT if self.stdout else None)
+                                    stderr=subprocess.STDOUT if self.stdout else None,
+                                    preexec_fn=_die_with_parent(os.getpid()))
             self.procs.append((node, proc))
 
     def poll_failure(self) -> tuple[ResolvedNode, int] | None:

@@ -5,9 +5,16 @@ deploy.py's double-encoded ``{"encoded": "<json>"}``) answers the un-normalised 
 the policy's done flag in the ``X-VLA-Done`` header. Models with further inputs (``extra_images`` and
 ``proprio_layout`` in ``/metadata``) also take ``"<camera>_image"`` (e.g. ``"wrist_image"``) and ``"proprio"``
 fields (json-numpy arrays); OpenVLA's clients never send them and need not. ``GET /metadata`` returns the
-checkpoint's conventions and ``GET /health`` the request counters. Bad requests get status 400 with the reason,
-and are counted. Requests are served one at a time on the model (a lock), so a single GPU is never shared by two
-forward passes.
+checkpoint's conventions and ``GET /health`` the request counters.
+
+Every field is checked: a bad request gets status 400 with the reason (413 for a body over ``--max-body-mib``,
+refused from its Content-Length before it is read; 408 for a body slower than ``--request-timeout-s``) and is
+counted; idle or stalled connections are closed after ``--request-timeout-s``. Instructions follow
+vla_policy_node's rules and length bound. Each connection has its own thread that reads and parses its request,
+so a client slow to send holds up nobody; only the model calls are serialised (a lock), so a single GPU is never
+shared by two forward passes. Parsing holds the interpreter, though: others wait while a body is parsed,
+~0.6 s for an 8 MiB nested-list image on a loaded 2-core CPU (json-numpy's base64 parses ~20x faster), which is
+what ``--max-body-mib`` bounds.
 
     vla-ros serve --backend native --path ckpt/ --host 0.0.0.0 --port 8000 --quantization 4bit
 """
@@ -15,10 +22,13 @@ forward passes.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import signal
+import sys
 import threading
+import time
 from dataclasses import asdict
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -26,71 +36,58 @@ from typing import Any
 import json_numpy
 import numpy as np
 
+from vla_ros.act_request import (
+    DEFAULT_BACKLOG,
+    DEFAULT_MAX_BODY_BYTES,
+    DEFAULT_MAX_JSON_DEPTH,
+    DEFAULT_REQUEST_TIMEOUT_S,
+    BadRequestError,
+    ServerLimits,
+    node_max_instruction_chars,
+    parse_act_request,
+)
 from vla_ros.backends import BACKENDS, load_policy
+from vla_ros.controller import RejectionLog
 from vla_ros.policy import Policy
 
 log = logging.getLogger("vla_ros.serve")
-MAX_BODY_BYTES = 64 * 2**20  # a 2k x 2k RGB image base64-encoded is ~16 MB
-
-
-class BadRequestError(ValueError):
-    """The request cannot be answered (reason in the message, sent back with status 400)."""
-
-
-def _image(value: Any, field: str) -> np.ndarray:
-    image = np.asarray(value)
-    if image.ndim != 3 or image.shape[2] != 3 or min(image.shape[:2]) < 1:
-        raise BadRequestError(f"{field} must be HxWx3, got shape {image.shape}")
-    if image.dtype != np.uint8:
-        if not np.issubdtype(image.dtype, np.integer) or image.min() < 0 or image.max() > 255:
-            raise BadRequestError(f"{field} must be uint8 RGB, got {image.dtype}")
-        image = image.astype(np.uint8)
-    return image
-
-
-def parse_act_request(body: bytes) -> tuple[np.ndarray, str, str | None, dict]:
-    """Decode and validate one ``/act`` body -> (image, instruction, unnorm_key, further inputs as the
-    keyword arguments of ``Policy.act``: ``extra_images``, ``proprio``)."""
-    try:
-        payload = json_numpy.loads(body.decode())
-        if isinstance(payload, dict) and "encoded" in payload:  # deploy.py's double encoding
-            payload = json_numpy.loads(payload["encoded"])
-    except (UnicodeDecodeError, ValueError, TypeError) as exc:
-        raise BadRequestError(f"body is not JSON (json-numpy): {exc}") from exc
-    if not isinstance(payload, dict) or "image" not in payload or "instruction" not in payload:
-        raise BadRequestError("body must be an object with 'image' and 'instruction'")
-    image = _image(payload["image"], "image")
-    instruction = payload["instruction"]
-    if not isinstance(instruction, str) or not instruction.strip():
-        raise BadRequestError("instruction must be a non-empty string")
-    key = payload.get("unnorm_key")
-    if key is not None and not isinstance(key, str):
-        raise BadRequestError("unnorm_key must be a string")
-    inputs: dict = {}
-    extra = {k[: -len("_image")]: _image(v, k) for k, v in payload.items() if k.endswith("_image")}
-    if extra:
-        inputs["extra_images"] = extra
-    if payload.get("proprio") is not None:
-        proprio = np.asarray(payload["proprio"], dtype=np.float64).reshape(-1)
-        if not np.all(np.isfinite(proprio)):
-            raise BadRequestError("proprio has NaN/inf values")
-        inputs["proprio"] = proprio
-    return image, instruction, key, inputs
 
 
 class PolicyServer(ThreadingHTTPServer):
+    """One thread per connection reads and parses its request; only the model call is serialised (``lock``)."""
+
     daemon_threads = True
 
-    def __init__(self, policy: Policy, host: str = "127.0.0.1", port: int = 8000):
+    def __init__(self, policy: Policy, host: str = "127.0.0.1", port: int = 8000, limits: ServerLimits | None = None):
         self.policy = policy
+        self.limits = limits or ServerLimits()
+        self.request_queue_size = self.limits.backlog  # read by server_activate() in super().__init__
         self.lock = threading.Lock()
         self.counters = {"served": 0, "rejected": 0, "failed": 0}
+        self._counters_lock = threading.Lock()
+        self.rejections = RejectionLog(log.warning)  # one line per reason and burst, not per request
         super().__init__((host, port), _Handler)
 
     @property
     def url(self) -> str:
         host, port = self.server_address[:2]
         return f"http://{host}:{port}"
+
+    def handle_error(self, request, client_address) -> None:
+        if isinstance(sys.exc_info()[1], (ConnectionError, TimeoutError)):  # a client that left or stalled
+            log.debug("connection from %s ended: %s", client_address, sys.exc_info()[1])
+        else:
+            log.exception("error serving %s", client_address)
+
+    def count(self, name: str, rejection: str = "") -> None:
+        with self._counters_lock:
+            self.counters[name] += 1
+            if rejection:
+                self.rejections.reject("request", rejection)
+
+    def health(self) -> dict[str, Any]:
+        with self._counters_lock:
+            return {"ok": True, **self.counters}
 
     def metadata(self) -> dict[str, Any]:
         m = asdict(self.policy.metadata)
@@ -117,52 +114,114 @@ class PolicyServer(ThreadingHTTPServer):
         return np.asarray(out.action, dtype=np.float64), bool(out.done)
 
 
+
 class _Handler(BaseHTTPRequestHandler):
     server: PolicyServer
     protocol_version = "HTTP/1.1"
 
+    def setup(self) -> None:
+        self.timeout = self.server.limits.request_timeout_s  # an idle or stalled connection is closed
+        super().setup()
+
     def log_message(self, fmt: str, *args) -> None:  # route through logging, not stderr
         log.debug("%s " + fmt, self.address_string(), *args)
 
-    def _send(self, status: int, body: str, headers: dict[str, str] | None = None) -> None:
+    def _send(self, status: int, body: str, headers: dict[str, str] | None = None, close: bool = False) -> None:
         data = body.encode()
         self.send_response(status)
         self.send_header("Content-Type", "application/json" if status == 200 else "text/plain; charset=utf-8")
         self.send_header("Content-Length", str(len(data)))
         for k, v in (headers or {}).items():
             self.send_header(k, v)
+        if close:  # a body left unread would be taken for the next request
+            self.send_header("Connection", "close")
+            self.close_connection = True
         self.end_headers()
         self.wfile.write(data)
+
+    def _refuse(self, exc: BadRequestError, close: bool) -> None:
+        self.server.count("rejected", str(exc))
+        self._send(exc.status, str(exc), close=close)
+
+    def _content_length(self) -> int:
+        """The body's length from the headers, or BadRequestError (413 over the bound: refused unread)."""
+        if self.headers.get("Transfer-Encoding"):
+            raise BadRequestError("Transfer-Encoding is not supported: send the body with a Content-Length")
+        values = {v.strip() for v in self.headers.get_all("Content-Length") or []}
+        if len(values) != 1:
+            raise BadRequestError(f"need one Content-Length header, got {sorted(values)[:3]}")
+        text = values.pop()
+        if not (text.isascii() and text.isdigit()):
+            raise BadRequestError(f"Content-Length must be a decimal byte count, got {text[:40]!r}")
+        n, bound = int(text), self.server.limits.max_body_bytes
+        if n == 0:
+            raise BadRequestError(f"Content-Length must be 1..{bound}, got 0 (an empty body)")
+        if n > bound:
+            raise BadRequestError(f"body of {n} bytes (Content-Length) exceeds this server's bound of {bound} bytes "
+                                  "(vla-ros serve --max-body-mib)", status=413)
+        return n
+
+    def _read_body(self, n: int) -> bytes:
+        """``n`` bytes within ``request_timeout_s`` for the whole body, so a client dripping bytes is cut off too."""
+        deadline = time.monotonic() + self.server.limits.request_timeout_s
+        body = bytearray()
+        while len(body) < n:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise TimeoutError(f"{len(body)} of {n} body bytes within {self.server.limits.request_timeout_s} s")
+            self.connection.settimeout(left)
+            chunk = self.rfile.read1(min(n - len(body), 2**20))
+            if not chunk:
+                raise ConnectionError(f"the client closed after {len(body)} of {n} body bytes")
+            body += chunk
+        self.connection.settimeout(self.timeout)
+        return bytes(body)
+
+    def handle_expect_100(self) -> bool:
+        """Refuse a bad or too large body before the client sends it (curl asks first for bodies over 1 MiB)."""
+        if self.command == "POST":
+            try:
+                self._content_length()
+            except BadRequestError as exc:
+                self._refuse(exc, close=True)
+                return False
+        return super().handle_expect_100()
 
     def do_GET(self) -> None:
         if self.path == "/metadata":
             self._send(200, json.dumps(self.server.metadata()))
         elif self.path == "/health":
-            self._send(200, json.dumps({"ok": True, **self.server.counters}))
+            self._send(200, json.dumps(self.server.health()))
         else:
             self._send(404, f"unknown path {self.path}; use POST /act, GET /metadata, GET /health")
 
     def do_POST(self) -> None:
         if self.path.rstrip("/") != "/act":
-            self._send(404, f"unknown path {self.path}; use POST /act")
+            self._send(404, f"unknown path {self.path}; use POST /act", close=True)
             return
         try:
-            n = int(self.headers.get("Content-Length", "0"))
-            if n <= 0 or n > MAX_BODY_BYTES:
-                raise BadRequestError(f"Content-Length must be 1..{MAX_BODY_BYTES}, got {n}")
-            image, instruction, key, inputs = parse_act_request(self.rfile.read(n))
+            body = self._read_body(self._content_length())
+        except BadRequestError as exc:
+            self._refuse(exc, close=True)
+            return
+        except (TimeoutError, ConnectionError) as exc:  # stalled or gone: free the thread, tell a stalled one
+            self.server.count("rejected", f"request timed out or cut: {exc}")
+            self.close_connection = True
+            with contextlib.suppress(OSError):
+                self._send(408, f"request timed out: {exc}", close=True)
+            return
+        try:
+            image, instruction, key, inputs = parse_act_request(body, self.server.limits)
             action, done = self.server.act(image, instruction, key, inputs)
         except BadRequestError as exc:
-            self.server.counters["rejected"] += 1
-            log.warning("rejected request (%d so far): %s", self.server.counters["rejected"], exc)
-            self._send(400, str(exc))
+            self._refuse(exc, close=False)
             return
         except Exception as exc:  # the model failed: tell the client, keep serving
-            self.server.counters["failed"] += 1
+            self.server.count("failed")
             log.exception("inference failed")
             self._send(500, f"inference failed: {exc}")
             return
-        self.server.counters["served"] += 1
+        self.server.count("served")
         self._send(200, json_numpy.dumps(action), {"X-VLA-Done": "1" if done else "0"})
 
 
@@ -173,7 +232,7 @@ def _parse_value(v: str) -> Any:
         return v
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="vla-ros serve", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--backend", default="native", choices=sorted(BACKENDS))
@@ -189,7 +248,25 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--center-crop", action="store_true", default=None)
     ap.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
                     help="extra backend option (value parsed as JSON when possible)")
+    ap.add_argument("--max-body-mib", type=float, default=DEFAULT_MAX_BODY_BYTES / 2**20,
+                    help="larger request bodies are refused before reading (a 512 px image: 1 MiB json-numpy, "
+                         "4 MiB as nested lists)")
+    ap.add_argument("--max-instruction-chars", type=int, default=node_max_instruction_chars(),
+                    help="longer instructions are refused (default: vla_policy_node's, config/policy_node.yaml)")
+    ap.add_argument("--max-json-depth", type=int, default=DEFAULT_MAX_JSON_DEPTH, help="deepest JSON nesting")
+    ap.add_argument("--request-timeout-s", type=float, default=DEFAULT_REQUEST_TIMEOUT_S,
+                    help="an idle or stalled connection, or a body slower than this, is closed")
+    ap.add_argument("--backlog", type=int, default=DEFAULT_BACKLOG, help="listen queue of pending connections")
+    return ap
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = build_parser()
     args = ap.parse_args(argv)
+    try:
+        limits = ServerLimits.from_args(args)
+    except ValueError as exc:
+        ap.error(str(exc))
     # Ctrl-C stops the server even when it was started with SIGINT ignored (a background job of a
     # non-interactive shell inherits SIG_IGN, and Python then installs no KeyboardInterrupt handler)
     signal.signal(signal.SIGINT, signal.default_int_handler)
@@ -204,7 +281,7 @@ def main(argv: list[str] | None = None) -> int:
             ap.error(f"--option needs KEY=VALUE, got {item!r}")
         options[k] = _parse_value(v)
     policy = load_policy(args.backend, args.path, **{k: v for k, v in options.items() if v is not None})
-    server = PolicyServer(policy, args.host, args.port)
+    server = PolicyServer(policy, args.host, args.port, limits)
     print(f"serving {policy.metadata.model_id} on {server.url} (POST /act)", flush=True)
     try:
         server.serve_forever()

@@ -27,11 +27,14 @@ def state_of(configured: bool, active: bool, finished: bool, last_reason: str) -
     return PolicyStatus.STATE_ACTIVE, ""
 
 
-def diagnostics(st: PolicyStatus, name: str, rejected_by_kind: dict[str, int] | None = None) -> DiagnosticArray:
+def diagnostics(st: PolicyStatus, name: str, rejected_by_kind: dict[str, int] | None = None,
+                rejected_by_reason: dict[str, int] | None = None) -> DiagnosticArray:
     """The status as one DiagnosticStatus: OK while acting, ERROR on model failures, WARN otherwise.
 
     ``rejected_by_kind`` adds one ``rejected_<kind>`` value per kind of rejected input (image, instruction,
-    wrist_image, joint_states, ee_pose, inputs = an observation whose further inputs never paired)."""
+    wrist_image, joint_states, ee_pose, inputs = an observation whose further inputs never paired);
+    ``rejected_by_reason`` (``RejectionLog.by_reason``) one ``rejected_<kind>.<reason>`` per reason, e.g.
+    ``rejected_instruction.nul``."""
     level = {PolicyStatus.STATE_ACTIVE: DiagnosticStatus.OK, PolicyStatus.STATE_ERROR: DiagnosticStatus.ERROR}
     diag = DiagnosticArray()
     diag.header.stamp = st.header.stamp
@@ -44,5 +47,6 @@ def diagnostics(st: PolicyStatus, name: str, rejected_by_kind: dict[str, int] | 
             ("holds_published", st.holds_published), ("dropped_frames", st.dropped_frames),
             ("rejected_inputs", st.rejected_inputs),
             *((f"rejected_{k}", n) for k, n in sorted((rejected_by_kind or {}).items())),
+            *((f"rejected_{k}", n) for k, n in sorted((rejected_by_reason or {}).items())),
             ("last_error", st.last_error))])]
     return diag
