@@ -11,6 +11,11 @@ and the model inserts the image patches after BOS with ignored labels (``Prismat
 so prompt and image positions never contribute to the loss (OpenVLA, ``prismatic/vla/datasets``, which also
 supervises the closing EOS). Actions are normalised with the checkpoint's q01/q99 statistics and tokenised by
 the model's own ``ActionTokenizer``; this module adds the targets and OpenVLA's augmentation.
+
+Parallel-decoding models (OpenVLA-OFT, ``config.parallel_decoding``) get the layout they act with
+(``parallel_decoding.parallel_training_batch``): the left-padded prompt, ``labels`` = the slots' target ids
+``(B, n_slots)`` (action tokens, then the continue/done id; no EOS: nothing is generated after the slots) and, for
+the ``l1`` head, ``action_targets`` = the normalised actions ``(B, K, action_dim)`` clipped to [-1, 1].
 """
 
 from __future__ import annotations
@@ -25,8 +30,10 @@ import torch
 
 from vla_ros.action_tokenizer import ActionTokenizer
 from vla_ros.conventions import closure_to_gripper, gripper_to_closure
+from vla_ros.models.prismatic.action_heads import ParallelActionOutput
 from vla_ros.models.prismatic.configuration_prismatic import PrismaticConfig
 from vla_ros.models.prismatic.modeling_prismatic import IGNORE_INDEX
+from vla_ros.models.prismatic.parallel_decoding import parallel_training_batch
 from vla_ros.models.prismatic.processor_prismatic import PrismaticProcessor, check_image
 from vla_ros.normalization import ActionNormalizer
 
@@ -97,8 +104,8 @@ class ActionBatchCollator:
         if normalizer.dim != config.action_dim:
             raise ValueError(f"statistics have {normalizer.dim} action dims, the model {config.action_dim}")
 
-    def action_token_ids(self, action: np.ndarray, done: bool = False) -> list[int]:
-        """Normalise, tokenise and (if the model predicts it) append the continue/done token."""
+    def normalized_action(self, action: np.ndarray) -> np.ndarray:
+        """(chunk, action_dim) normalised action in the model's gripper convention (not clipped)."""
         c = self.config
         a = np.asarray(action, dtype=np.float64).reshape(-1, c.action_dim)
         if a.shape[0] != c.action_chunk:
@@ -108,7 +115,12 @@ class ActionBatchCollator:
         if self.gripper_map is not None:
             a = a.copy()
             a[:, -1] = closure_to_gripper(gripper_to_closure(a[:, -1], self.gripper_map[0]), self.gripper_map[1])
-        ids = self.action_tokenizer.encode(self.normalizer.normalize(a)).reshape(-1).tolist()
+        return self.normalizer.normalize(a)
+
+    def action_token_ids(self, action: np.ndarray, done: bool = False) -> list[int]:
+        """Normalise, tokenise and (if the model predicts it) append the continue/done token."""
+        c = self.config
+        ids = self.action_tokenizer.encode(self.normalized_action(action)).reshape(-1).tolist()
         if c.predict_done:
             ids.append(int(c.done_token_ids[1] if done else c.done_token_ids[0]))
         return ids
@@ -140,6 +152,12 @@ class ActionBatchCollator:
                 proprios.append(np.asarray(s["proprio"], dtype=np.float64))
             instructions.append(s["instruction"])
             targets.append(self.action_token_ids(s["action"], bool(s.get("done", False))))
+        if c.parallel_decoding:  # the layout of the parallel forward (core), the one acting uses
+            targets_l1 = None
+            if c.action_head == "l1":  # the range the tokens' bins span (ActionTokenizer clips the same way)
+                targets_l1 = np.stack([np.clip(self.normalized_action(s["action"]), -1.0, 1.0) for s in samples])
+            return dict(parallel_training_batch(self.processor, images, instructions, np.asarray(targets),
+                                                targets_l1, extra_images=extra or None, proprios=proprios))
         # the layout itself (prompt + targets + EOS, right padded, -100 on the prompt) is the core processor's,
         # the one that decoding is tested against
         return dict(self.processor.training_batch(images, instructions, np.asarray(targets, dtype=np.int64),
@@ -171,3 +189,35 @@ def action_metrics(logits: torch.Tensor, labels: torch.Tensor, action_tokenizer:
 
     l1 = (decode(pred[is_act]) - decode(gt[is_act])).abs().sum()
     return {"correct": correct.float(), "l1_sum": l1.float(), "n": is_act.sum().float()}
+
+
+@torch.no_grad()
+def slot_metrics(out: ParallelActionOutput, batch: Mapping[str, torch.Tensor], action_tokenizer: ActionTokenizer,
+                 n_action_slots: int) -> dict[str, torch.Tensor]:
+    """:func:`action_metrics` for parallel-decoding outputs: a slot is correct when its predicted action falls in
+    the target's bin (the ``tokens`` head: its argmax token; ``l1``: its regressed value, binned as the tokens
+    are); ``l1_sum``: |predicted - target| of the normalised actions (bin centres for ``tokens``)."""
+    gt = batch["labels"][:, :n_action_slots].to(out.slot_hidden_states.device)
+    centers = torch.as_tensor(action_tokenizer.bin_centers, dtype=torch.float32, device=gt.device)
+
+    def decode(ids: torch.Tensor) -> torch.Tensor:
+        return centers[(action_tokenizer.vocab_size - ids - 1).clamp(0, centers.shape[0] - 1)]
+
+    if out.actions is None:
+        pred = out.logits[:, :n_action_slots].argmax(-1)
+        l1 = (decode(pred) - decode(gt)).abs().sum()
+    else:
+        a = out.actions.float().clamp(action_tokenizer.min_action, action_tokenizer.max_action).flatten(1)
+        bins = torch.as_tensor(action_tokenizer.bins, dtype=torch.float32, device=gt.device)
+        pred = action_tokenizer.vocab_size - torch.bucketize(a, bins, right=True)  # np.digitize, as encode() does
+        l1 = (out.actions.float().flatten(1) - batch["action_targets"].to(gt.device).flatten(1)).abs().sum()
+    return {"correct": (pred == gt).sum().float(), "l1_sum": l1.float(), "n": torch.tensor(float(gt.numel()),
+                                                                                          device=gt.device)}
+
+
+def step_metrics(out, batch: Mapping[str, torch.Tensor], action_tokenizer: ActionTokenizer, config: PrismaticConfig
+                 ) -> dict[str, torch.Tensor]:
+    """The logged action metrics of one forward, for either output layout."""
+    if isinstance(out, ParallelActionOutput):
+        return slot_metrics(out, batch, action_tokenizer, config.action_dim * config.action_chunk)
+    return action_metrics(out.logits.detach(), batch["labels"], action_tokenizer)

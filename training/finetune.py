@@ -10,6 +10,11 @@ project has no reason to differ: batch 1 x accumulation 4 here (one consumer GPU
         --quantization 4bit
     python -m vla_ros.training.finetune --merge --base runs/tiny --adapter runs/tiny-lora --out runs/tiny-merged
 
+``--action-head l1`` / ``--parallel-decoding`` / ``--action-chunk K`` turn the base into an OpenVLA-OFT model (its
+recipe: LoRA on the backbone, the new slot embeddings and L1 head trained in full, as peft ``modules_to_save``);
+the adapter directory then records the changed options (``action_decoding.json``), which the loader applies to
+the base's config before the adapter.
+
 The output directory is an adapter directory (``adapter_config.json``, ``adapter_model.safetensors``,
 ``dataset_statistics.json`` of the fine-tuning data) that ``vla_policy_node`` loads through its ``adapter``
 parameter (``load_policy("native", base, adapter=dir)``); ``--merge`` folds it into a full checkpoint.
@@ -25,16 +30,31 @@ from pathlib import Path
 import torch
 
 from vla_ros.models.prismatic import PrismaticProcessor
+from vla_ros.models.prismatic.checkpoint import read_config
+from vla_ros.models.prismatic.parallel_decoding import decoding_options, write_decoding_options
 from vla_ros.normalization import STATS_FILENAME, ActionNormalizer, load_statistics, save_statistics, select_unnorm_key
 from vla_ros.training.batching import ActionBatchCollator, AugmentConfig
-from vla_ros.training.checkpoint import TRAIN_META, load_trainable, write_json
+from vla_ros.training.checkpoint import TRAIN_META, write_json
 from vla_ros.training.loop import Trainer, resume_path
-from vla_ros.training.train import add_loop_args, loop_config, open_dataset
+from vla_ros.training.train import (
+    add_decoding_args,
+    add_loop_args,
+    decoding_overrides,
+    load_base,
+    loop_config,
+    open_dataset,
+)
+
+# Modules trained in full next to the LoRA adapters when the model has them (OpenVLA-OFT trains its action head
+# in full): the parallel slots' embeddings and the L1 head.
+FULLY_TRAINED = ("action_slots", "l1_head")
 
 
-def lora_config(rank: int = 32, alpha: float = 16.0, dropout: float = 0.0, targets: str = "all-linear"):
+def lora_config(rank: int = 32, alpha: float = 16.0, dropout: float = 0.0, targets: str = "all-linear",
+                modules_to_save: list[str] | None = None):
     """peft LoraConfig. ``all-linear`` takes every Linear of the vision towers, projector and decoder except the
-    output head (peft skips it), as OpenVLA does; Gaussian init of A with B = 0 starts as the base model."""
+    output head (peft skips it), as OpenVLA does; Gaussian init of A with B = 0 starts as the base model.
+    ``modules_to_save`` are trained in full (and get no LoRA)."""
     from peft import LoraConfig
 
     if rank < 1:
@@ -43,7 +63,7 @@ def lora_config(rank: int = 32, alpha: float = 16.0, dropout: float = 0.0, targe
         raise ValueError(f"LoRA dropout must lie in [0, 1), got {dropout}")
     target = targets if targets == "all-linear" else [t.strip() for t in targets.split(",") if t.strip()]
     return LoraConfig(r=rank, lora_alpha=alpha, lora_dropout=dropout, target_modules=target,
-                      init_lora_weights="gaussian")
+                      init_lora_weights="gaussian", modules_to_save=list(modules_to_save) if modules_to_save else None)
 
 
 def attach_lora(model: torch.nn.Module, cfg, quantized: bool, gradient_checkpointing: bool = True):
@@ -72,10 +92,11 @@ def save_adapter(peft_model, stats: dict, out: Path, meta: dict) -> Path:
 
 def merge_adapter(base: str | Path, adapter: str | Path, out: str | Path, dtype: torch.dtype | None = None) -> Path:
     """Fold a LoRA adapter into its (unquantized) base and save a full checkpoint with the adapter's statistics."""
-    from vla_ros.models.prismatic.checkpoint import apply_adapter, load_model, save_checkpoint
+    from vla_ros.models.prismatic.checkpoint import load_model, save_checkpoint
 
-    model, processor = load_model(base, device="cpu", dtype=dtype or torch.float32)
-    merged = apply_adapter(model, adapter, merge=True)
+    # load_model builds the base with the decoding options the adapter recorded (action_decoding.json), if any
+    merged, processor = load_model(base, device="cpu", dtype=dtype or torch.float32, adapter=adapter,
+                                   merge_adapter=True)
     stats_file = Path(adapter) / STATS_FILENAME
     stats = load_statistics(stats_file) if stats_file.is_file() else merged.config.norm_stats
     return save_checkpoint(merged, processor.tokenizer, out, norm_stats=stats)
@@ -100,6 +121,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--merge", action="store_true", help="merge --adapter into --base and save to --out, then exit")
     p.add_argument("--adapter", default="", help="adapter directory for --merge")
     p.add_argument("--merge-to", default="", help="after training, also write a merged full checkpoint here")
+    add_decoding_args(p, keep="the base's")
     add_loop_args(p, batch_size=1, grad_accum=4, lr=5e-4, steps=1000, schedule="constant", warmup=0)
     return p
 
@@ -114,12 +136,14 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     try:
         cfg = loop_config(a)
-        model, tokenizer, base_stats = load_trainable(a.base, quantization=a.quantization)
+        base_decoding = decoding_options(read_config(a.base))
+        model, tokenizer, base_stats = load_base(a.base, quantization=a.quantization, decoding=decoding_overrides(a))
         dataset, stats, _ = open_dataset(a.data, a.synthetic, model.config.image_size, model.config.action_chunk,
                                          a.seed)
         key = select_unnorm_key(stats, a.unnorm_key)
         stats = {key: stats[key]}
-        lcfg = lora_config(a.lora_rank, a.lora_alpha, a.lora_dropout, a.lora_targets)
+        lcfg = lora_config(a.lora_rank, a.lora_alpha, a.lora_dropout, a.lora_targets,
+                           [m for m in FULLY_TRAINED if getattr(model, m, None) is not None])
     except (ValueError, FileNotFoundError, RuntimeError) as exc:  # RuntimeError: quantization unavailable here
         print(f"vla-ros finetune: {exc}", file=sys.stderr)
         return 2
@@ -132,10 +156,14 @@ def main(argv: list[str] | None = None) -> int:
     meta = {"command": "finetune", "base": str(Path(a.base).resolve()), "quantization": a.quantization,
             "lora": {"rank": a.lora_rank, "alpha": a.lora_alpha, "dropout": a.lora_dropout,
                      "targets": a.lora_targets}, "data": " ".join(a.data) or f"synthetic:{a.synthetic}",
-            "base_statistics_keys": sorted(base_stats)}
+            "base_statistics_keys": sorted(base_stats), "decoding": decoding_options(model.config)}
+
+    changed = decoding_options(model.config) != base_decoding
 
     def export(m: torch.nn.Module, out: Path) -> None:
         save_adapter(m, stats, out, {**meta, "loop": cfg.to_dict()})
+        if changed:
+            write_decoding_options(model.config, out)
 
     trainer = Trainer(peft_model, dataset, collator, cfg, export=export, run_meta=meta)
     start = resume_path(trainer, a.resume)

@@ -26,7 +26,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from vla_ros.training.batching import ActionBatchCollator, action_metrics, sample_seed
+from vla_ros.training.batching import ActionBatchCollator, sample_seed, step_metrics
 from vla_ros.training.checkpoint import write_json
 
 STATE_FILE = "trainer_state.json"
@@ -258,7 +258,7 @@ class Trainer:
                         with acc.autocast():
                             out = self.model(**batch)
                             loss = out.loss
-                            m = action_metrics(out.logits.detach(), batch["labels"], self.action_tokenizer)
+                            m = step_metrics(out, batch, self.action_tokenizer, self.collator.config)
                         if not torch.isfinite(loss):
                             raise FloatingPointError(f"loss is {loss.item()} at step {self.step}")
                         acc.backward(loss / cfg.grad_accum)

@@ -7,6 +7,8 @@ TensorBoard logs (loss, action-token accuracy, L1 of decoded actions). The same 
     python -m vla_ros.training.train --data data/libero_spatial --preset tiny-128 --out runs/tiny
     accelerate launch --num_processes 2 -m vla_ros.training.train ...      (or: torchrun --nproc_per_node 2 -m ...)
 
+``--action-head l1`` / ``--parallel-decoding`` train OpenVLA-OFT's parallel decoding (docs/training.md).
+
 The output directory is a policy directory (``load_policy("native", out)``, ``vla_policy_node checkpoint:=out``)
 refreshed at every checkpoint, with ``checkpoints/step_*`` for resuming and ``tb/`` for TensorBoard.
 Imports neither rclpy nor LIBERO: it runs on the GPU machine from the repository with ``PYTHONPATH=.``.
@@ -22,7 +24,9 @@ from pathlib import Path
 
 import torch
 
-from vla_ros.models.prismatic import PRESETS, PrismaticProcessor
+from vla_ros.models.prismatic import PRESETS, PrismaticForActionPrediction, PrismaticProcessor
+from vla_ros.models.prismatic.checkpoint import load_pretrained, load_tokenizer, read_config
+from vla_ros.models.prismatic.configuration_prismatic import ACTION_HEADS
 from vla_ros.normalization import ActionNormalizer, select_unnorm_key
 from vla_ros.proprio import proprio_statistics
 from vla_ros.training.batching import ActionBatchCollator, AugmentConfig
@@ -86,6 +90,48 @@ def open_dataset(data: str | list[str], synthetic: int, image_size: int, action_
     return open_training_data(data, action_chunk=action_chunk)
 
 
+def add_decoding_args(p: argparse.ArgumentParser, keep: str) -> None:
+    """OpenVLA-OFT's decoding options (shared with ``finetune``); ``keep``: what an unset option means."""
+    g = p.add_argument_group("action decoding (OpenVLA-OFT)")
+    g.add_argument("--action-head", default=None, choices=ACTION_HEADS,
+                   help=f"tokens: OpenVLA's 256-bin tokens; l1: an MLP regressing the actions with an L1 loss "
+                        f"(implies --parallel-decoding). Unset: {keep}")
+    g.add_argument("--parallel-decoding", action="store_true",
+                   help="decode all K x 7 action slots (+ the done slot) in one forward pass")
+    g.add_argument("--action-chunk", type=int, default=None, help=f"actions predicted per call. Unset: {keep}")
+
+
+def decoding_overrides(a: argparse.Namespace) -> dict:
+    """The decoding options given on the command line (None: not given)."""
+    return {"action_head": a.action_head, "parallel_decoding": True if a.parallel_decoding else None,
+            "action_chunk": a.action_chunk}
+
+
+def load_base(path: str | Path, *, quantization: str = "none", device: str = "auto", dtype: torch.dtype | None = None,
+              decoding: dict | None = None, allow_resize: bool = False):
+    """``load_trainable`` with the decoding options changed (``action_head``, ``parallel_decoding``,
+    ``action_chunk``; None keeps the base's): the modules the change adds (slot embeddings, L1 head) start
+    freshly initialised (transformers lists them as MISSING). ``allow_resize``: a parallel base's slot embeddings
+    may be re-sized for a new chunk (re-initialised). -> (model in train mode, tokenizer, statistics)."""
+    cfg = read_config(path)
+    before = (cfg.action_head, cfg.parallel_decoding, cfg.action_chunk)
+    cfg.set_action_decoding(**(decoding or {}))
+    if (cfg.action_head, cfg.parallel_decoding, cfg.action_chunk) == before:
+        return load_trainable(path, quantization=quantization, device=device, dtype=dtype)
+    resized = before[1] and cfg.action_chunk != before[2]
+    if resized and not allow_resize:
+        raise ValueError(f"{path} decodes chunks of {before[2]} in parallel: its slot embeddings cannot take "
+                         f"chunks of {cfg.action_chunk} here")
+    print(f"action decoding of {path}: head/parallel/chunk {before} -> "
+          f"{(cfg.action_head, cfg.parallel_decoding, cfg.action_chunk)}")
+    model, _, _ = load_pretrained(PrismaticForActionPrediction, path, device, dtype, quantization, config=cfg,
+                                  ignore_mismatched_sizes=resized)
+    if not model.config.norm_stats:
+        raise ValueError(f"{path} has no dataset statistics (dataset_statistics.json or norm_stats in config.json)")
+    model.train()
+    return model, load_tokenizer(path), model.config.norm_stats
+
+
 def bin_edge_shift(old: dict, new: dict) -> float:
     """Largest move of an action dimension's q01 or q99 between two statistics entries, as a fraction of the
     old q01..q99 range (the span the 256 bins cut)."""
@@ -106,7 +152,6 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--synthetic", type=int, default=0, help="use N synthetic samples instead of --data")
     p.add_argument("--out", required=True, type=Path, help="output (policy) directory")
     p.add_argument("--preset", default="tiny-128", choices=[x for x in PRESETS if x != "openvla-7b"])
-    p.add_argument("--action-chunk", type=int, default=1, help="actions predicted per call")
     p.add_argument("--predict-done", action="store_true", help="learn the episode-end token")
     p.add_argument("--wrist", action="store_true", help="also feed the wrist camera (eye_in_hand_rgb)")
     p.add_argument("--proprio", action="store_true", help="also feed proprio (vla_ros.proprio's vector)")
@@ -118,6 +163,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--keep-statistics", action="store_true",
                    help="with --init-from: keep its action statistics (its 256 bins) instead of the data's; "
                         "actions outside its q01..q99 are clipped to the end bins")
+    add_decoding_args(p, keep="tokens, sequential, chunk 1; with --init-from: its own")
     add_loop_args(p, batch_size=32, grad_accum=1, lr=3e-4, steps=2000, schedule="cosine", warmup=100)
     return p
 
@@ -132,7 +178,16 @@ def main(argv: list[str] | None = None) -> int:
         from vla_ros.models.prismatic import make_config
 
         image_size = make_config(a.preset, action_vocab_size=1024).image_size
-        dataset, stats, instructions = open_dataset(a.data, a.synthetic, image_size, a.action_chunk, a.seed)
+        decoding = decoding_overrides(a)
+        if a.init_from is not None:  # the data must come in the chunks the (re-configured) model predicts
+            base_cfg = read_config(a.init_from)
+            base_cfg.set_action_decoding(**decoding)
+            chunk = base_cfg.action_chunk
+        else:
+            chunk = a.action_chunk or 1
+            make_config(a.preset, action_vocab_size=1024, action_chunk=chunk, action_head=a.action_head or "tokens",
+                        parallel_decoding=decoding["parallel_decoding"])  # checks the options before data loads
+        dataset, stats, instructions = open_dataset(a.data, a.synthetic, image_size, chunk, a.seed)
         key = select_unnorm_key(stats, a.unnorm_key)
         stats = {key: stats[key]}
     except (ValueError, FileNotFoundError) as exc:
@@ -151,7 +206,7 @@ def main(argv: list[str] | None = None) -> int:
         inputs["proprio_stats"] = proprio_statistics(dataset.proprio_array())
     if a.init_from is not None:
         # continue a finished run with a new schedule: the architecture and the tokenizer come from it
-        model, tokenizer, old_stats = load_trainable(a.init_from, device="cpu")
+        model, tokenizer, old_stats = load_base(a.init_from, device="cpu", decoding=decoding, allow_resize=True)
         # the bins are re-cut on the new data's q01/q99; on more data of the same robot they barely move, and
         # the printed shift says when they do (fine-tuning on another robot's ranges relearns the tokens)
         shift = bin_edge_shift(next(iter(old_stats.values())), stats[key])
@@ -167,8 +222,9 @@ def main(argv: list[str] | None = None) -> int:
         model.config.norm_stats = stats
     else:
         model, tokenizer = build_model(a.preset, instructions, stats, text_vocab_size=a.text_vocab_size,
-                                       predict_done=a.predict_done, action_chunk=a.action_chunk, seed=a.seed,
-                                       **inputs)
+                                       predict_done=a.predict_done, action_chunk=chunk, seed=a.seed,
+                                       action_head=a.action_head or "tokens",
+                                       parallel_decoding=decoding["parallel_decoding"], **inputs)
     processor = PrismaticProcessor(tokenizer, model.config)
     data_gripper = stats[key].get("gripper_convention", "libero_sign")
     model.config.gripper_convention = data_gripper  # a model trained from scratch emits what its data holds
@@ -181,7 +237,8 @@ def main(argv: list[str] | None = None) -> int:
             "data": " ".join(a.data) or f"synthetic:{a.synthetic}",
             "init_from": str(a.init_from) if a.init_from else None,
             "samples": len(dataset), "augment": bool(a.augment), "wrist": bool(a.wrist), "proprio": bool(a.proprio),
-            "action_chunk": a.action_chunk, "predict_done": bool(a.predict_done),
+            "action_chunk": chunk, "predict_done": bool(a.predict_done),
+            "action_head": model.config.action_head, "parallel_decoding": model.config.parallel_decoding,
             "device": torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu"}
 
     def export(m: torch.nn.Module, out: Path) -> None:

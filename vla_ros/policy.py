@@ -32,6 +32,10 @@ class PolicyOutput:
 
     action: np.ndarray  # (action_dim,) float64, in metadata.action_space units
     done: bool = False
+    # Chunked models (K actions per model call): the whole chunk this action belongs to, (K, action_dim) float64
+    # in the same units, and this action's index in it (action == actions[chunk_index]); None for one action a call
+    actions: np.ndarray | None = None
+    chunk_index: int = 0
 
 
 class Policy(abc.ABC):

@@ -21,6 +21,7 @@ IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 CLIP_MEAN, CLIP_STD = (0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711)
 HALF_MEAN, HALF_STD = (0.5, 0.5, 0.5), (0.5, 0.5, 0.5)
 PROJECTORS = ("gelu-mlp", "fused-gelu-mlp", "linear")
+ACTION_HEADS = ("tokens", "l1")  # see PrismaticConfig: 256-bin tokens (OpenVLA) or L1 regression (OpenVLA-OFT)
 LLAMA2_SPACE_TOKEN_ID = 29871  # "▁": OpenVLA appends it to the prompt for Llama-2 tokenizers
 
 
@@ -48,6 +49,13 @@ class PrismaticConfig(PretrainedConfig):
     tokens; the embedding matrix (``text_config.vocab_size``) may be larger (padded to ``pad_to_multiple_of``).
     ``predict_done`` adds one decoded token after the action(s): ``done_token_ids = [continue_id, done_id]``.
     ``action_chunk`` K decodes K actions (K * action_dim tokens) per call.
+
+    Decoding (OpenVLA-OFT, Kim et al. 2025; defaults = OpenVLA's, and what every OpenVLA checkpoint uses):
+    ``parallel_decoding`` fills all ``n_action_tokens`` slots in one forward pass (learned "empty" slot embeddings
+    after the prompt, attending bidirectionally among themselves) instead of token by token; ``action_head``
+    ``tokens`` reads the slots through the LM head (256-bin tokens, argmax), ``l1`` through an MLP regressing the
+    normalised actions (implies ``parallel_decoding``). The done decision stays a token of the LM head (the last
+    slot), restricted to ``done_token_ids``, for both heads. See ``parallel_decoding.py``.
 
     Inputs beyond OpenVLA's one camera (none by default, so OpenVLA checkpoints are unchanged):
     ``extra_images`` names further cameras (``["wrist"]``), each encoded by the same vision backbone and
@@ -82,6 +90,8 @@ class PrismaticConfig(PretrainedConfig):
         proprio_stats: dict | None = None,
         done_threshold: float = 0.5,
         done_confirmations: int = 1,
+        parallel_decoding: bool | None = None,  # None: False, or True for the l1 head
+        action_head: str = "tokens",
         **kwargs,
     ):
         if isinstance(text_config, dict):
@@ -99,9 +109,7 @@ class PrismaticConfig(PretrainedConfig):
         self.n_action_bins = int(n_action_bins)
         self.pad_to_multiple_of = int(pad_to_multiple_of)
         self.action_dim = int(action_dim)
-        self.action_chunk = int(action_chunk)
-        if self.action_chunk < 1:
-            raise ValueError("action_chunk must be >= 1")
+        self.set_action_decoding(action_head, parallel_decoding, action_chunk)
         self.predict_done = bool(predict_done)
         self.done_token_ids = list(done_token_ids) if done_token_ids else None
         if self.predict_done and (not self.done_token_ids or len(self.done_token_ids) != 2):
@@ -125,6 +133,21 @@ class PrismaticConfig(PretrainedConfig):
         kwargs.setdefault("tie_word_embeddings", False)
         super().__init__(**kwargs)
 
+    def set_action_decoding(self, action_head: str | None = None, parallel_decoding: bool | None = None,
+                            action_chunk: int | None = None) -> None:
+        """Set (and check) how actions are decoded; None keeps the current value. ``l1`` implies parallel."""
+        head = getattr(self, "action_head", "tokens") if action_head is None else str(action_head)
+        if head not in ACTION_HEADS:
+            raise ValueError(f"unknown action_head {head!r}; known: {ACTION_HEADS}")
+        chunk = int(getattr(self, "action_chunk", 1) if action_chunk is None else action_chunk)
+        if chunk < 1:
+            raise ValueError("action_chunk must be >= 1")
+        parallel = bool(getattr(self, "parallel_decoding", False) if parallel_decoding is None else parallel_decoding)
+        if head == "l1" and parallel_decoding is False:
+            raise ValueError("action_head 'l1' regresses all action slots in one pass: it needs parallel_decoding")
+        self.action_head, self.action_chunk = head, chunk
+        self.parallel_decoding = parallel or head == "l1"
+
     @property
     def use_fused_vision_backbone(self) -> bool:
         return len(self.vision_backbones) == 2
@@ -144,7 +167,8 @@ class PrismaticConfig(PretrainedConfig):
 
     @property
     def n_action_tokens(self) -> int:
-        """Tokens decoded per call: the action chunk plus the optional done token."""
+        """Tokens (with ``parallel_decoding``: slots) decoded per call: the action chunk plus the optional done
+        token."""
         return self.action_dim * self.action_chunk + int(self.predict_done)
 
     @classmethod

@@ -5,7 +5,9 @@ Architecture as described by OpenVLA (Kim et al., 2024) and Prismatic VLMs (Kara
   stack of the two preprocessings; patch features of the second-to-last block, concatenated along channels;
 - projector: ``gelu-mlp`` (2 layers) or ``fused-gelu-mlp`` (3 layers, 4x hidden);
 - decoder: ``LlamaForCausalLM``; the projected patches are inserted right after the BOS token;
-- actions: greedy decoding of ``action_dim`` (x chunk, + optional done) tokens, de-tokenized OpenVLA's way.
+- actions: greedy decoding of ``action_dim`` (x chunk, + optional done) tokens, de-tokenized OpenVLA's way; or,
+  with ``config.parallel_decoding`` (OpenVLA-OFT), all slots in one pass, read as tokens or by an L1 head
+  (``parallel_decoding.py``, ``action_heads.py``).
 
 Parameter names equal OpenVLA's HF checkpoint layout (``vision_backbone.featurizer…``, ``projector.fc1…``,
 ``language_model.model…``; LayerScale as ``scale_factor``), so OpenVLA-format state dicts load unchanged.
@@ -22,7 +24,9 @@ from transformers import DynamicCache, LlamaForCausalLM, PreTrainedModel
 from transformers.modeling_outputs import CausalLMOutputWithPast
 
 from vla_ros.action_tokenizer import ActionTokenizer
+from vla_ros.models.prismatic.action_heads import ActionSlots, L1ActionHead, ParallelActionOutput
 from vla_ros.models.prismatic.configuration_prismatic import PrismaticConfig
+from vla_ros.models.prismatic.parallel_decoding import parallel_forward, predict_parallel, slot_token_ids
 from vla_ros.normalization import ActionNormalizer
 
 IGNORE_INDEX = -100
@@ -148,6 +152,9 @@ class PrismaticForActionPrediction(PrismaticPreTrainedModel):
         self.projector = PrismaticProjector(config.arch_specifier, self.vision_backbone.embed_dim, llm_dim)
         self.language_model = LlamaForCausalLM(config.text_config)
         self.proprio_projector = ProprioProjector(config.proprio_dim, llm_dim) if config.proprio_dim else None
+        # OpenVLA-OFT's additions (absent, so OpenVLA's parameter layout unchanged, for sequential models)
+        self.action_slots = ActionSlots(config.n_action_tokens, llm_dim) if config.parallel_decoding else None
+        self.l1_head = L1ActionHead(llm_dim, config.action_dim) if config.action_head == "l1" else None
         self.action_tokenizer = ActionTokenizer(config.action_vocab_size, config.n_action_bins)
         if config.action_vocab_size > config.text_config.vocab_size:
             raise ValueError(f"action_vocab_size {config.action_vocab_size} exceeds the embedding rows "
@@ -220,8 +227,12 @@ class PrismaticForActionPrediction(PrismaticPreTrainedModel):
 
     def forward(self, input_ids: torch.Tensor, pixel_values: torch.Tensor, attention_mask: torch.Tensor | None = None,
                 labels: torch.Tensor | None = None, proprio: torch.Tensor | None = None,
-                **kwargs) -> CausalLMOutputWithPast:
-        """Teacher-forced forward for training; ``labels`` align with ``input_ids`` (patches are ignored)."""
+                action_targets: torch.Tensor | None = None, **kwargs) -> CausalLMOutputWithPast | ParallelActionOutput:
+        """Teacher-forced forward for training; ``labels`` align with ``input_ids`` (patches are ignored).
+        Parallel-decoding models: prompt + slots in one pass, ``labels`` (B, n_slots) and for the l1 head
+        ``action_targets`` (B, K, action_dim) (``parallel_decoding.parallel_training_batch``)."""
+        if self.config.parallel_decoding:
+            return parallel_forward(self, input_ids, pixel_values, attention_mask, labels, proprio, action_targets)
         embeds, mask = self.build_inputs(input_ids, pixel_values, attention_mask, proprio)
         full_labels = None
         if labels is not None:
@@ -245,7 +256,13 @@ class PrismaticForActionPrediction(PrismaticPreTrainedModel):
     def generate_action_tokens(self, input_ids: torch.Tensor, pixel_values: torch.Tensor,
                                attention_mask: torch.Tensor | None = None, proprio: torch.Tensor | None = None,
                                ) -> torch.Tensor:
-        """The plain (reference) greedy decode: dynamic KV cache, eager, any batch/padding. -> (B, n_tokens)."""
+        """The plain (reference) greedy decode: dynamic KV cache, eager, any batch/padding. -> (B, n_tokens).
+        Parallel ``tokens``-head models: the slot tokens of one pass (the l1 head has no tokens)."""
+        if self.config.parallel_decoding:
+            if self.config.action_head != "tokens":
+                raise ValueError(f"the {self.config.action_head!r} head regresses actions; use predict_parallel")
+            out = parallel_forward(self, input_ids, pixel_values, attention_mask, proprio=proprio)
+            return slot_token_ids(self.config, out)
         embeds, mask = self.build_inputs(input_ids, pixel_values, attention_mask, proprio)
         pos = (mask.long().cumsum(-1) - 1).clamp(min=0)
         cache = DynamicCache(config=self.config.text_config)
@@ -290,7 +307,16 @@ class PrismaticForActionPrediction(PrismaticPreTrainedModel):
         if kwargs.get("do_sample", False):
             raise ValueError("only greedy decoding is supported (do_sample=False)")
         normalizer = self.get_normalizer(unnorm_key)
-        tokens = self.generate_action_tokens(input_ids, pixel_values, attention_mask, proprio).cpu().numpy()
-        actions, _ = self.tokens_to_actions(tokens)
+        if self.config.parallel_decoding:
+            actions, _ = self.predict_parallel(input_ids, pixel_values, attention_mask, proprio)
+        else:
+            tokens = self.generate_action_tokens(input_ids, pixel_values, attention_mask, proprio).cpu().numpy()
+            actions, _ = self.tokens_to_actions(tokens)
         a = normalizer.unnormalize(actions[0])
         return a[0] if self.config.action_chunk == 1 else a
+
+    def predict_parallel(self, input_ids: torch.Tensor, pixel_values: torch.Tensor,
+                         attention_mask: torch.Tensor | None = None, proprio: torch.Tensor | None = None,
+                         ) -> tuple[np.ndarray, np.ndarray]:
+        """Parallel-decoding models: normalised actions (B, K, action_dim) and done flags (B,) of one pass."""
+        return predict_parallel(self, input_ids, pixel_values, attention_mask, proprio)
