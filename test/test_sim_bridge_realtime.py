@@ -45,7 +45,7 @@ def test_realtime_moves_with_the_held_action_then_stands_still():
         c.send(libero_to_msg([0, 0, 0.6, 0, 0, 0, -1], c.last.header.stamp))  # one +z action, then silence
         c.spin_until(lambda: _pos(c)[2] - p0[2] > 0.02, "the arm rising under the held action")
         # Once action_timeout_s has passed since the action arrived, the bridge stands still but keeps stepping.
-        c.spin_until(lambda: time.monotonic() - node._held_at > 0.5, "the hold timeout")
+        c.spin_until(lambda: time.monotonic() - node.bridge.held_at > 0.5, "the hold timeout")
         s = c.last.step
         # the OSC controller brakes the arm's momentum over a few steps (zero delta = hold the current pose)
         c.spin_until(lambda: c.last.step >= s + 15, "steps after the timeout")

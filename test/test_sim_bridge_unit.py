@@ -1,6 +1,7 @@
 """sim_bridge without LIBERO: parameters vs config/sim_bridge.yaml, action checks, recording, and the node's
-stepping logic (lockstep re-publish / policy timeout, realtime zero-order hold, policy_done, auto-reset) on a
-stand-in env. The LIBERO-backed behaviour is in test_sim_bridge.py."""
+wiring of the stepping logic (lockstep re-publish / policy timeout, realtime zero-order hold, policy_done,
+auto-reset) on a stand-in env. The stepping logic alone (no ROS) is test_sim_bridge_stepping.py; the
+LIBERO-backed behaviour is in test_sim_bridge.py."""
 
 from __future__ import annotations
 
@@ -10,32 +11,45 @@ from types import SimpleNamespace
 
 import numpy as np
 import pytest
+from bridge_fakes import FakeEnv
 
 from vla_ros.config import load_yaml
-from vla_ros.conventions import LIBERO_ACTION_SPACE, max_steps_for
+from vla_ros.conventions import DEFAULT_IMAGE_FLIP, LIBERO_ACTION_SPACE, NUM_STEPS_WAIT, SIM_IMAGE_SIZE
+from vla_ros.params import check_table
 from vla_ros.sim import bridge_params
 from vla_ros.sim.actions import REJECT_REASONS, ActionRejectedError, check_action
-from vla_ros.sim.libero_env import Observation, StepResult
+from vla_ros.sim.bridge_params import BridgeConfig
 from vla_ros.sim.recording import EpisodeRecorder
 
 
 # ---------------------------------------------------------------- parameters
-def test_yaml_defaults_agree_with_declared_parameters():
+def test_yaml_defaults_agree_with_the_parameter_specs():
     yaml_params = load_yaml(bridge_params.PARAMS_FILE)[bridge_params.NODE_NAME]["ros__parameters"]
-    assert yaml_params == bridge_params.defaults()
+    assert yaml_params == bridge_params.yaml_defaults()
+    assert set(yaml_params) == set(bridge_params.SPECS)
     for name, value in yaml_params.items():  # same type too: a 20 for a 20.0 would be declared as int
-        assert type(value) is type(bridge_params.PARAMS_BY_NAME[name].default), name
+        assert bridge_params.SPECS[name].is_of_type(value), name
+    check_table(bridge_params.SPECS, yaml_params, bridge_params.PARAMS_FILE)  # ranges and choices hold
 
 
 def test_defaults_follow_the_conventions():
-    d = bridge_params.defaults()
-    assert d["image_size"] == 256 and d["num_steps_wait"] == 10 and d["image_flip"] == "rot180"
+    d = bridge_params.yaml_defaults()
+    assert d["image_size"] == SIM_IMAGE_SIZE == 256 and d["num_steps_wait"] == NUM_STEPS_WAIT == 10
+    assert d["image_flip"] == DEFAULT_IMAGE_FLIP == "rot180"
     assert d["stepping_mode"] == "lockstep" and d["end_on_success"] is True
-    for spec in bridge_params.PARAMS:
-        if spec.range is not None:
-            assert spec.range[0] <= spec.default <= spec.range[1], spec.name
-        if spec.choices is not None:
-            assert spec.default in spec.choices, spec.name
+
+
+def test_bridge_config_from_the_yaml_with_overrides():
+    cfg = BridgeConfig.defaults(max_steps=7, cameras=["wrist"])
+    assert cfg.max_steps == 7 and cfg.cameras == ("wrist",) and cfg.stepping_mode == "lockstep"
+    with pytest.raises(ValueError, match="stepping_mode"):
+        BridgeConfig.defaults(stepping_mode="turbo")
+    with pytest.raises(ValueError, match="cameras"):
+        BridgeConfig.defaults(cameras=["agentview", "top"])
+    with pytest.raises(ValueError, match="record_camera"):
+        BridgeConfig.defaults(cameras=["wrist"], record_dir="/tmp/x")
+    with pytest.raises(ValueError, match="unknown parameter"):
+        BridgeConfig.defaults(no_such_thing=1)
 
 
 # ---------------------------------------------------------------- action checks
@@ -122,46 +136,6 @@ def test_recording_failure_and_abort(tmp_path):
 rclpy = pytest.importorskip("rclpy", reason="rclpy (ROS 2) is not installed")
 
 
-class FakeEnv:
-    """Quacks like LiberoEpisodeEnv: records the controller actions it is given; the end effector is
-    the running sum of the x commands, so a test can see which actions were applied."""
-
-    instruction = "put the fake thing somewhere"
-    num_init_states = 3
-
-    def __init__(self, suite, task_id, *, image_size, cameras, **_):
-        self.suite_name, self.task_id, self.size, self.cameras = suite, task_id, image_size, cameras
-        self.max_steps, self.num_steps_wait, self.end_on_success = max_steps_for(suite), 10, True
-        self.actions: list[np.ndarray] = []
-        self.init_state_id, self.step_count, self.done, self.reason, self.success = -1, 0, True, "", False
-        self.closed = False
-
-    def _obs(self):
-        img = np.zeros((self.size, self.size, 3), np.uint8)
-        img[0, 0] = self.step_count % 256
-        x = sum(a[0] for a in self.actions)
-        return Observation(images={c: img for c in self.cameras}, eef_pos=np.array([x, 0.0, 1.0]),
-                           eef_quat=np.array([0.0, 0.0, 0.0, 1.0]), gripper_qpos=np.zeros(2), joint_pos=np.zeros(7))
-
-    def reset(self, init_state_id):
-        self.init_state_id, self.step_count, self.done, self.reason, self.success = init_state_id, 0, False, "", False
-        self.actions = []
-        return self._obs()
-
-    def step(self, a):
-        self.actions.append(np.asarray(a, dtype=float))
-        self.step_count += 1
-        if self.step_count >= self.max_steps:
-            self.finish("step_limit")
-        return StepResult(self._obs(), False, self.done, self.reason)
-
-    def finish(self, reason):
-        self.done, self.reason = True, reason
-
-    def close(self):
-        self.closed = True
-
-
 @pytest.fixture
 def make_bridge():
     from rclpy.executors import SingleThreadedExecutor
@@ -200,9 +174,15 @@ def test_parameters_have_descriptors_ranges_and_read_only(make_bridge):
     from rclpy.parameter import Parameter
 
     node, _ = make_bridge()
-    for spec in bridge_params.PARAMS:
-        d = node.describe_parameter(spec.name)
-        assert d.read_only == spec.read_only and d.description, spec.name
+    defaults = bridge_params.yaml_defaults()
+    for name, spec in bridge_params.SPECS.items():
+        if name not in ("image_size", "cameras"):  # the fixture's overrides
+            assert node.get_parameter(name).value == defaults[name], name
+        d = node.describe_parameter(name)
+        assert d.read_only == spec.read_only and d.description == spec.description, name
+        if spec.range is not None:
+            r = (d.floating_point_range or d.integer_range)[0]
+            assert (r.from_value, r.to_value) == spec.range, name
     assert not node.set_parameters([Parameter("image_size", value=128)])[0].successful  # read-only
     assert not node.set_parameters([Parameter("max_steps", value=-1)])[0].successful  # out of range
     assert node.set_parameters([Parameter("max_steps", value=7)])[0].successful
