@@ -78,8 +78,14 @@ class PrismaticPolicy(Policy):
             extra_images=tuple(cfg.extra_images),
             proprio_layout=(cfg.proprio_stats or {}).get("layout", ""),
             extra={"unnorm_key": self.unnorm_key, "action_chunk": cfg.action_chunk, "backend": "native",
-                   "center_crop": processor.center_crop},
+                   "center_crop": processor.center_crop, "action_head": cfg.action_head,
+                   "parallel_decoding": cfg.parallel_decoding},
         )
+        if cfg.parallel_decoding and self.fast:  # fast_decode.py decodes token by token only
+            log.info("%s: parallel decoding (%s head, %d slots) runs the plain forward pass, one per call; the "
+                     "CUDA-graph fast path is not built for it yet", model_id or "native", cfg.action_head,
+                     cfg.n_action_tokens)
+            self.fast = False
 
     def set_unnorm_key(self, unnorm_key: str | None) -> None:
         """Switch to another dataset's statistics of this checkpoint (raises, listing the keys, if unknown)."""
@@ -102,6 +108,7 @@ class PrismaticPolicy(Policy):
                 return self.model.generate_action_tokens(
                     ids, pix, mask, None if proprio is None else proprio.to(self.device)).cpu().numpy()
         use_fast = (self.fast if fast is None else fast) and ids.shape[0] == 1
+        use_fast = use_fast and not self.model.config.parallel_decoding  # the graphs decode token by token only
         with torch.inference_mode():
             if use_fast and self.processor.shared_resize:
                 # resized uint8 goes to the device; normalisation runs there, inside the prefill graph
@@ -113,6 +120,18 @@ class PrismaticPolicy(Policy):
                 pix = self.processor.pixel_values(images).to(self.device)
                 tokens = self.model.generate_action_tokens(ids, pix, mask)
         return tokens.cpu().numpy()
+
+    def decode_parallel(self, images: list[np.ndarray], instructions: list[str], *,
+                        extra_images: dict[str, list[np.ndarray]] | None = None,
+                        proprios: list[np.ndarray] | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Parallel-decoding models: normalised actions (B, K, D) and done decisions (B,) of one forward pass."""
+        images = [check_image(i) for i in images]
+        prompts = [self.processor.prompt(t) for t in instructions]
+        ids, mask = (t.to(self.device) for t in self.processor.tokenize(prompts))
+        pix = self.processor.model_pixel_values(images, extra_images).to(self.device)
+        proprio = self.processor.proprio_values(proprios, len(images))
+        with torch.inference_mode():
+            return self.model.predict_parallel(ids, pix, mask, None if proprio is None else proprio.to(self.device))
 
     def _fast_decoder(self) -> StaticGreedyDecoder:
         if self._decoder is None:
@@ -126,8 +145,11 @@ class PrismaticPolicy(Policy):
             raise ValueError(f"need as many images as instructions (>0), got {len(images)} and {len(instructions)}")
         if len(images) == 1 and self._queue:
             return [self._queue.popleft()]
-        tokens = self.decode_tokens(images, instructions, extra_images=extra_images, proprios=proprios)
-        actions, done = self.model.tokens_to_actions(tokens)
+        if self.model.config.parallel_decoding:
+            actions, done = self.decode_parallel(images, instructions, extra_images=extra_images, proprios=proprios)
+        else:
+            tokens = self.decode_tokens(images, instructions, extra_images=extra_images, proprios=proprios)
+            actions, done = self.model.tokens_to_actions(tokens)
         actions = self.normalizer.unnormalize(actions)  # (B, K, D) float64
         chunk = actions.shape[1]
         if len(images) == 1:
@@ -137,10 +159,12 @@ class PrismaticPolicy(Policy):
             self._done_streak = self._done_streak + 1 if done[0] else 0
             done = np.array([self._done_streak >= self.model.config.done_confirmations])
         if len(images) == 1 and chunk > 1:
-            outs = [PolicyOutput(actions[0, k].copy(), done=bool(done[0]) and k == chunk - 1) for k in range(chunk)]
+            outs = [PolicyOutput(actions[0, k].copy(), done=bool(done[0]) and k == chunk - 1, actions=actions[0].copy(),
+                                 chunk_index=k) for k in range(chunk)]
             self._queue.extend(outs[1:])
             return [outs[0]]
-        return [PolicyOutput(actions[b, 0].copy(), done=bool(done[b])) for b in range(len(images))]
+        return [PolicyOutput(actions[b, 0].copy(), done=bool(done[b]), actions=actions[b].copy() if chunk > 1 else None)
+                for b in range(len(images))]
 
     def reset(self) -> None:
         self._queue.clear()

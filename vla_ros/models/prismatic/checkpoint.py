@@ -3,7 +3,11 @@
 A checkpoint directory (Hugging Face style) holds ``config.json``, ``model.safetensors`` (or shards with an
 index), the tokenizer files and ``dataset_statistics.json``. ``config.json`` with ``model_type: openvla`` (or
 ``prismatic``) is an OpenVLA checkpoint (e.g. a local copy of ``openvla/openvla-7b`` or a merged fine-tune): its
-config is translated and its state dict loads into the native model unchanged (same parameter names).
+config is translated and its state dict loads into the native model unchanged (same parameter names). Where the
+directory has OpenVLA's ``preprocessor_config.json``, its stored normalisation and resize parameters replace the
+backbones' defaults in the config (see ``processor_prismatic.preprocessing_from_file``), so the native processor
+(and training on top of the checkpoint) preprocesses as the released processor does. The tokenizer is checked and
+loaded before the weights (a missing one is a ``TokenizerFilesError`` naming the files expected).
 """
 
 from __future__ import annotations
@@ -14,12 +18,14 @@ from pathlib import Path
 
 import torch
 from torch import nn
-from transformers import AutoTokenizer, PreTrainedTokenizerBase, PreTrainedTokenizerFast
+from transformers import PreTrainedTokenizerBase
 
 from vla_ros.models.prismatic.configuration_prismatic import PrismaticConfig
 from vla_ros.models.prismatic.modeling_prismatic import LayerScale, PrismaticForActionPrediction
+from vla_ros.models.prismatic.parallel_decoding import apply_decoding_options
 from vla_ros.models.prismatic.presets import make_config
-from vla_ros.models.prismatic.processor_prismatic import PrismaticProcessor
+from vla_ros.models.prismatic.processor_prismatic import PrismaticProcessor, preprocessing_from_file
+from vla_ros.models.tokenization import TokenizerFilesError, load_tokenizer
 from vla_ros.normalization import STATS_FILENAME, load_statistics, save_statistics
 from vla_ros.quantization import bnb_config, check_quantization, quantize_linear_layers_
 
@@ -59,6 +65,7 @@ def read_config(path: str | Path, **overrides) -> PrismaticConfig:
                          f"OpenVLA's {OPENVLA_MODEL_TYPES}; for a checkpoint with its own code use backend 'hf'")
     if (p / STATS_FILENAME).is_file():
         cfg.norm_stats = load_statistics(p)
+    cfg.vision_backbones = preprocessing_from_file(p, cfg.vision_backbones)
     for k, v in overrides.items():
         if v is not None:
             setattr(cfg, k, v)
@@ -78,14 +85,22 @@ def resolve_device(device: str | torch.device | None) -> torch.device:
 def load_model(path: str | Path, device: str | torch.device | None = "auto", dtype: torch.dtype | None = None,
                quantization: str | None = "none", adapter: str | Path | None = None, merge_adapter: bool = False,
                center_crop: bool | None = None) -> tuple[PrismaticForActionPrediction, PrismaticProcessor]:
-    """Load a checkpoint directory (either layout) with optional 4/8-bit weights and a LoRA adapter."""
-    model, _, _ = load_pretrained(PrismaticForActionPrediction, path, device, dtype, quantization,
-                                  config=read_config(path))
+    """Load a checkpoint directory (either layout) with optional 4/8-bit weights and a LoRA adapter (peft's
+    directory layout, e.g. as OpenVLA's ``finetune.py`` saves it: the module names are the same).
+
+    Config and tokenizer are read first, so that their errors come before the weights are read."""
+    config = read_config(path)
+    apply_decoding_options(config, adapter)  # an adapter that changed the action head (training/finetune.py)
+    tokenizer = load_tokenizer(path)
+    if len(tokenizer) < config.action_vocab_size:
+        raise TokenizerFilesError(f"{path}: its tokenizer has {len(tokenizer)} ids but the model's action tokens are "
+                                  f"ids up to {config.action_vocab_size - 1}: wrong or incomplete tokenizer files")
+    model, _, _ = load_pretrained(PrismaticForActionPrediction, path, device, dtype, quantization, config=config)
     if adapter:
         model = apply_adapter(model, adapter, merge=merge_adapter)
         if (Path(adapter) / STATS_FILENAME).is_file():  # an adapter fine-tuned on other data un-normalises with
             model.config.norm_stats = load_statistics(adapter)  # that data's statistics (training/finetune.py)
-    return model, PrismaticProcessor(load_tokenizer(path), model.config, center_crop=center_crop)
+    return model, PrismaticProcessor(tokenizer, model.config, center_crop=center_crop)
 
 
 def load_pretrained(model_cls, path: str | Path, device: str | torch.device | None, dtype: torch.dtype | None,
@@ -101,14 +116,6 @@ def load_pretrained(model_cls, path: str | Path, device: str | torch.device | No
     if qcfg is None:
         model.to(dev)
     return model.eval(), dev, dtype
-
-
-def load_tokenizer(path: str | Path) -> PreTrainedTokenizerBase:
-    """The checkpoint's tokenizer; ``tokenizer.json`` directly (no auto-class lookup of the config, which would
-    ask about remote code for directories exported with it)."""
-    if (Path(path) / "tokenizer.json").is_file():
-        return PreTrainedTokenizerFast.from_pretrained(str(path))
-    return AutoTokenizer.from_pretrained(str(path), trust_remote_code=False)
 
 
 def apply_adapter(model: PrismaticForActionPrediction, adapter: str | Path, merge: bool = False,

@@ -3,13 +3,22 @@
 Images: resize to the backbone resolution (bicubic, as timm's data config for DINOv2/SigLIP), optional centre
 crop of 90% area resized back (for models trained with random-crop augmentation, OpenVLA's ``center_crop``),
 per-backbone mean/std normalisation; a fused backbone gets a 6-channel stack of its two preprocessings.
-Prompt: ``In: What action should the robot take to {instruction.lower()}?\\nOut:``; for Llama-2 tokenizers
-OpenVLA appends the ``"▁"`` token (id 29871) when the prompt does not end with it.
+Prompt: ``In: What action should the robot take to {instruction.lower()}?\\nOut:`` (``vla_ros.prompt.build_prompt``);
+for Llama-2 tokenizers OpenVLA appends the ``"▁"`` token (id 29871) when the prompt does not end with it.
+
+A checkpoint's ``preprocessor_config.json`` in the layout of OpenVLA's ``PrismaticImageProcessor`` overrides the
+per-backbone mean/std and interpolation (:func:`preprocessing_from_file`): OpenVLA's processor applies the stored
+``tvf_normalize_params``, and OpenVLA's conversion stored them rounded to bf16 (DINOv2's mean 0.485 as 0.484375, ...),
+so the released pixel values differ from the exact constants by up to 0.008.
 """
 
 from __future__ import annotations
 
+import copy
+import json
+import logging
 import math
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -17,10 +26,14 @@ from PIL import Image
 from transformers import BatchFeature, PreTrainedTokenizerBase
 
 from vla_ros.models.prismatic.configuration_prismatic import PrismaticConfig
+from vla_ros.prompt import build_prompt
 from vla_ros.proprio import normalize_proprio
 
+log = logging.getLogger(__name__)
 _INTERP = {"bicubic": Image.BICUBIC, "bilinear": Image.BILINEAR, "nearest": Image.NEAREST}
+_INTERP_BY_PIL_CODE = {int(code): name for name, code in _INTERP.items()}  # torchvision stores PIL's codes
 CENTER_CROP_AREA = 0.9
+PREPROCESSOR_FILE = "preprocessor_config.json"
 
 
 def check_image(img: np.ndarray) -> np.ndarray:
@@ -39,6 +52,73 @@ def resize_and_crop(img: np.ndarray, size: int, interpolation: str = "bicubic",
         off = (size - side) / 2.0
         pil = pil.resize((size, size), Image.BILINEAR, box=(off, off, off + side, off + side))
     return pil
+
+
+def _interpolation_name(value, where: Path) -> str:
+    name = _INTERP_BY_PIL_CODE.get(value) if isinstance(value, int) else str(value).lower()
+    if name not in _INTERP:
+        raise ValueError(f"{where}: interpolation {value!r} is not implemented by the native processor "
+                         f"({list(_INTERP)})")
+    return name
+
+
+def _stored_sides(size, resize: dict | None, crop: dict | None, where: Path) -> set[tuple[int, int]]:
+    """(H, W) sizes the stored transform produces; a plain int resize (shorter side, then crop) is not naive."""
+    sides = set()
+    if size:
+        sides.add(tuple(int(v) for v in size[-2:]))
+    if resize:
+        if not isinstance(resize.get("size"), (list, tuple)):
+            raise ValueError(f"{where}: resize to the shorter side ({resize.get('size')!r}) is not implemented by the "
+                             "native processor (resize-naive only)")
+        sides.add(tuple(int(v) for v in resize["size"]))
+    if crop and crop.get("output_size") is not None:
+        out = crop["output_size"]
+        sides.add(tuple(int(v) for v in out) if isinstance(out, (list, tuple)) else (int(out), int(out)))
+    return sides
+
+
+def preprocessing_from_file(path: str | Path, backbones: list[dict]) -> list[dict]:
+    """``backbones`` (``PrismaticConfig.vision_backbones``) with the normalisation and resize parameters of the
+    checkpoint directory's ``preprocessor_config.json`` in OpenVLA's layout; unchanged where there is no such file.
+
+    The stored torchvision parameters (``tvf_normalize_params``, ``tvf_resize_params``) are what OpenVLA's processor
+    applies, so they take precedence over ``means``/``stds``/``interpolations``. Strategies other than
+    ``resize-naive`` (letterbox, resize-crop) and image sizes other than the model's are refused clearly."""
+    where = Path(path) / PREPROCESSOR_FILE
+    if not where.is_file():
+        return backbones
+    raw = json.loads(where.read_text())
+    if "tvf_normalize_params" not in raw and "means" not in raw:
+        log.info("%s is not in the layout of OpenVLA's image processor; the config's preprocessing stands", where)
+        return backbones
+    strategy = raw.get("image_resize_strategy", "resize-naive")
+    if strategy != "resize-naive" or raw.get("tvf_do_letterbox"):
+        raise ValueError(f"{where}: image_resize_strategy {strategy!r} (letterbox: {bool(raw.get('tvf_do_letterbox'))})"
+                         " is not implemented by the native processor (resize-naive only)")
+    n = len(backbones)
+    norms = raw.get("tvf_normalize_params") or [{"mean": m, "std": s}
+                                                for m, s in zip(raw["means"], raw.get("stds") or [], strict=True)]
+    per_backbone = [norms] + [raw.get(k) or [None] * n
+                              for k in ("input_sizes", "tvf_resize_params", "tvf_crop_params", "interpolations")]
+    if any(len(v) != n for v in per_backbone):
+        raise ValueError(f"{where}: describes {[len(v) for v in per_backbone]} image transforms, the model has {n} "
+                         "vision backbone(s)")
+    out = []
+    for spec, norm, size, resize, crop, interp in zip(backbones, *per_backbone, strict=True):
+        side = int(spec["image_size"])
+        sides = _stored_sides(size, resize, crop, where)
+        if sides - {(side, side)}:
+            raise ValueError(f"{where}: image size(s) {sorted(sides)} differ from the model's {side}x{side}")
+        if resize and resize.get("interpolation") is not None:
+            interp = resize["interpolation"]
+        new = copy.deepcopy(spec)
+        new.update(mean=[float(v) for v in norm["mean"]], std=[float(v) for v in norm["std"]],
+                   interpolation=_interpolation_name(interp or spec.get("interpolation", "bicubic"), where))
+        if len(new["mean"]) != 3 or len(new["std"]) != 3 or min(new["std"]) <= 0:
+            raise ValueError(f"{where}: mean/std must be 3 values each (std > 0), got {norm}")
+        out.append(new)
+    return out
 
 
 class PrismaticProcessor:
@@ -62,9 +142,7 @@ class PrismaticProcessor:
             self.suffix_id = None
 
     def prompt(self, instruction: str) -> str:
-        if not isinstance(instruction, str) or not instruction.strip():
-            raise ValueError(f"instruction must be a non-empty string, got {instruction!r}")
-        return self.prompt_template.format(instruction=instruction.strip().lower())
+        return build_prompt(instruction, self.prompt_template)
 
     @property
     def shared_resize(self) -> bool:
