@@ -14,7 +14,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -24,6 +24,7 @@ from vla_ros.sim.actions import ActionRejectedError, ActionStats, check_action
 from vla_ros.sim.bridge_params import BridgeConfig
 from vla_ros.sim.libero_env import LiberoEpisodeEnv, Observation
 from vla_ros.sim.recording import EpisodeRecorder
+from vla_ros.sim.viewer import StepRecord
 
 DT_NS = round(LIBERO_ACTION_SPACE.dt * 1e9)  # one LIBERO control step of simulated time
 
@@ -115,6 +116,7 @@ class Bridge:
         self.stamp_ns = 0  # stamp of the current observation: the one a lockstep action must answer
         self.held_at = 0.0  # realtime: monotonic time the held action arrived
         self._held: np.ndarray | None = None  # realtime: the action being held
+        self._held_reason = ""  # realtime: the hold reason of the held action ("" for a real action)
         self._gripper = -1.0  # LIBERO's last gripper command (realtime's standing-still hold keeps it)
         self._episode_start_ns = 0
         self._last_pub = 0.0  # monotonic time of the last (re-)publication
@@ -160,7 +162,7 @@ class Bridge:
         try:
             env = self._env_factory(suite, task_id, image_size=c.image_size, cameras=c.cameras,
                                     image_flip=c.image_flip, fast_render=c.fast_render, seed=c.seed,
-                                    hard_reset=c.hard_reset)
+                                    hard_reset=c.hard_reset, viewer_size=self._viewer_size)
         except ValueError as exc:  # unknown task id and the like: the caller's mistake, say which
             return Reply(False, str(exc), [])
         except Exception as exc:  # LIBERO failing to build a scene must not take the node down
@@ -200,7 +202,7 @@ class Bridge:
         if c.record_dir:
             self._recorder = EpisodeRecorder(
                 c.record_dir, suite=suite, task_id=task_id, init_state_id=init_state_id,
-                episode_id=self.episode_id, fps=c.record_fps,
+                episode_id=self.episode_id, fps=c.record_fps, viewer_every=c.record_viewer_every,
                 meta={"instruction": env.instruction, "image_flip": c.image_flip,
                       "camera": c.record_camera, "max_steps": env.max_steps})
         out += self._new_observation(obs, now)
@@ -221,6 +223,7 @@ class Bridge:
         self.last_end_reason = env.reason
         out: list[Output] = [Log("info", f"episode {self.episode_id} ended: {env.reason} after {env.step_count} "
                                          f"steps (success={env.success})")]
+        out += self.render_viewer(final=True)
         out += self._finish_recording(env.reason)
         if self.config.auto_reset and env.reason != "reset":
             out.append(ScheduleReset(env.suite_name, env.task_id, (env.init_state_id + 1) % env.num_init_states))
@@ -235,6 +238,32 @@ class Bridge:
         except Exception as exc:  # a full disk must not stop the simulation
             return [Log("error", f"recording failed: {exc!r}")]
         return [Log("info", f"recorded {path}")]
+
+    # ------------------------------------------------------------------ recording for people
+    @property
+    def _viewer_size(self) -> int:
+        c = self.config
+        return c.record_viewer_size if c.record_dir else 0
+
+    def _record_step(self, record: StepRecord) -> None:
+        """One decision for the viewer's overlay and the plot (only when either is recorded)."""
+        c = self.config
+        if self._recorder is not None and (c.record_plot or c.record_viewer_size):
+            self._recorder.add_step(record)
+
+    def render_viewer(self, *, final: bool = False) -> list[Output]:
+        """Render and queue a viewer frame when one is due (every ``record_viewer_every``-th step; ``final``: the
+        last state). The node calls this after publishing a step's outputs, so in lockstep the render overlaps
+        the policy's inference instead of delaying the observation."""
+        rec, size = self._recorder, self._viewer_size
+        if rec is None or not size or self.env is None or not rec.wants_viewer(self.env.step_count, final=final):
+            return []
+        try:
+            rec.add_viewer(self.env.render_viewer(self.config.record_camera, size))
+        except Exception as exc:  # a failing viewer must not stop the simulation or the policy's recording
+            self.config = replace(self.config, record_viewer_size=0)
+            return [Log("error", f"viewer recording failed, switched off: {exc!r}")]
+        return []
 
     def close(self) -> list[Output]:
         """Finish a running recording (reason ``shutdown``) and close the env."""
@@ -275,12 +304,14 @@ class Bridge:
                              image_flip=self.config.image_flip, action_space=LIBERO_ACTION_SPACE.name)
 
     # ------------------------------------------------------------------ stepping
-    def _step(self, action: np.ndarray, now: float) -> list[Output]:
+    def _step(self, action: np.ndarray, now: float, record: bool = False, hold_reason: str = "") -> list[Output]:
         t0 = time.perf_counter()
         try:
             res = self.env.step(action)
         except Exception as exc:  # e.g. a physics blow-up: end the episode, keep the node
             return [Log("error", f"step failed: {exc!r}"), *self.end_episode("error")]
+        if record:  # before the observation: the step's record is the state the next viewer frame shows
+            self._record_step(StepRecord(self.env.step_count, action, hold_reason=hold_reason))
         self.timing["env_step_s"] += time.perf_counter() - t0
         self.timing["steps"] += 1
         self.stats.stepped += 1
@@ -311,17 +342,21 @@ class Bridge:
             st.stale += 1  # answers the previous episode
             return []
         if action.finished:
+            self._record_step(StepRecord(self.env.step_count, None, done=True))
             return self.end_episode("policy_done")
         if action.hold:
             st.holds += 1
             if not self.lockstep:
                 self._held, self.held_at = self._stand_still(), now
+                self._held_reason = action.hold_reason or "hold"
+            else:
+                self._record_step(StepRecord(self.env.step_count, None, hold_reason=action.hold_reason or "hold"))
             return []
         self._answered = True
         st.clipped += int(checked.clipped)
         if self.lockstep:
-            return self._step(checked.libero, now)
-        self._held, self.held_at = checked.libero, now
+            return self._step(checked.libero, now, record=True)
+        self._held, self.held_at, self._held_reason = checked.libero, now, ""
         return []
 
     def _stand_still(self) -> np.ndarray:
@@ -334,7 +369,8 @@ class Bridge:
         if not self.running:
             return []
         fresh = self._held is not None and now - self.held_at <= self.config.action_timeout_s
-        return self._step(self._held if fresh else self._stand_still(), now)
+        return self._step(self._held if fresh else self._stand_still(), now, record=True,
+                          hold_reason=self._held_reason if fresh else "action_timeout")
 
     def watchdog(self, now: float, *, policy_connected: bool, instruction_subscribed: bool) -> list[Output]:
         """The periodic check: instruction re-send; lockstep's re-publish and policy timeout."""

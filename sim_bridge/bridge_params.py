@@ -76,6 +76,13 @@ SPECS: dict[str, ParamSpec] = {
     "record_dir": ParamSpec(str, "write an mp4 + JSON sidecar per episode here; empty = off", read_only=True),
     "record_camera": ParamSpec(str, "camera to record", choices=CAMERAS, read_only=True),
     "record_fps": ParamSpec(float, "frame rate of the recordings", range=(1.0, 120.0), read_only=True),
+    "record_viewer_size": ParamSpec(int, "also record an upright viewer video of record_camera at this size, with "
+                                    "step, instruction, gripper and done drawn on it; 0 = off",
+                                    range=(0, 1024), read_only=True),
+    "record_viewer_every": ParamSpec(int, "viewer frame every this many steps (a 512 px render costs about half "
+                                     "a step on a CPU)", range=(1, 1000), read_only=True),
+    "record_plot": ParamSpec(bool, "also write a PNG plot per episode: the 7 action dimensions over time and "
+                             "the holds", read_only=True),
 }
 
 
@@ -111,6 +118,9 @@ class BridgeConfig:
     record_dir: str
     record_camera: str
     record_fps: float
+    record_viewer_size: int
+    record_viewer_every: int
+    record_plot: bool
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "cameras", tuple(self.cameras))

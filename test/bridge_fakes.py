@@ -15,8 +15,10 @@ class FakeEnv:
     instruction = "put the fake thing somewhere"
     num_init_states = 3
 
-    def __init__(self, suite, task_id, *, image_size, cameras, **_):
+    def __init__(self, suite, task_id, *, image_size, cameras, viewer_size=0, **_):
         self.suite_name, self.task_id, self.size, self.cameras = suite, task_id, image_size, cameras
+        self.viewer_size = viewer_size
+        self.viewer_renders: list[tuple[str, int, int]] = []  # (camera, size, step) of each viewer render
         self.max_steps, self.num_steps_wait, self.end_on_success = max_steps_for(suite), 10, True
         self.actions: list[np.ndarray] = []
         self.init_state_id, self.step_count, self.done, self.reason, self.success = -1, 0, True, "", False
@@ -40,6 +42,10 @@ class FakeEnv:
         if self.step_count >= self.max_steps:
             self.finish("step_limit")
         return StepResult(self._obs(), False, self.done, self.reason)
+
+    def render_viewer(self, camera="agentview", size=512):
+        self.viewer_renders.append((camera, size, self.step_count))
+        return np.full((size, size, 3), self.step_count % 256, np.uint8)
 
     def finish(self, reason):
         self.done, self.reason = True, reason

@@ -33,7 +33,7 @@ def action(x: float = 0.0, gripper: float = CLOSE, **kw):
     twist = SimpleNamespace(linear=SimpleNamespace(x=0.05 * x, y=0.0, z=0.0),
                             angular=SimpleNamespace(x=0.0, y=0.0, z=0.0))
     fields = dict(action_space=LIBERO_ACTION_SPACE.name, raw_action=[], twist=twist, gripper=(gripper + 1) / 2,
-                  dt=0.05, hold=False, finished=False)
+                  dt=0.05, hold=False, hold_reason="", finished=False)
     return SimpleNamespace(**{**fields, **kw})
 
 
@@ -289,3 +289,34 @@ def test_a_failing_recorder_stops_recording_but_not_the_episode(tmp_path, monkey
     assert any(o.level == "error" and "No space" in o.text for o in of(out, Log)) and of(out, PublishObservation)
     assert bridge.running and bridge.close() == []  # nothing left to finish
     assert not list(tmp_path.glob("*.json"))
+
+
+def test_viewer_frames_every_kth_step_and_a_plot_with_the_holds_and_done(tmp_path):
+    import imageio.v2 as imageio
+
+    bridge, _ = started(0.0, record_dir=str(tmp_path), record_viewer_size=64, record_viewer_every=2)
+    assert bridge.render_viewer() == [] and bridge.env.viewer_size == 64  # the node calls it after each step
+    for t in range(1, 6):
+        bridge.on_action(action(x=0.2 * t), bridge.stamp_ns, float(t))
+        bridge.render_viewer()
+    bridge.on_action(action(hold=True, hold_reason="stale_image"), bridge.stamp_ns, 6.0)
+    bridge.render_viewer()  # a lockstep hold does not step: the same state is not rendered again
+    bridge.on_action(action(finished=True), bridge.stamp_ns, 7.0)
+    # rendered at the reset (step 0), steps 2 and 4, and the final state (step 5, after the hold and the done)
+    assert [r[2] for r in bridge.env.viewer_renders] == [0, 2, 4, 5]
+    assert {(r[0], r[1]) for r in bridge.env.viewer_renders} == {("agentview", 64)}
+    meta = json.loads((tmp_path / "libero_spatial_task00_init00_ep00001_failure.json").read_text())
+    assert (meta["viewer_frames"], meta["decisions"], meta["holds"]) == (4, 7, {"stale_image": 1})
+    viewer = imageio.mimread(tmp_path / meta["viewer_video"])
+    assert len(viewer) == 4 and viewer[0].shape == (64, 64, 3)
+    assert (tmp_path / meta["plot"]).stat().st_size > 0 and meta["plot"].endswith("_actions.png")
+
+
+def test_viewer_and_plot_can_be_switched_off(tmp_path):
+    bridge, _ = started(0.0, record_dir=str(tmp_path), record_viewer_size=0, record_plot=False)
+    bridge.on_action(action(), bridge.stamp_ns, 1.0)
+    bridge.render_viewer()
+    bridge.on_action(action(finished=True), bridge.stamp_ns, 2.0)
+    meta = json.loads((tmp_path / "libero_spatial_task00_init00_ep00001_failure.json").read_text())
+    assert bridge.env.viewer_renders == [] and meta["viewer_video"] is None and meta["plot"] is None
+    assert meta["video"] is not None  # the policy camera's recording is unaffected

@@ -161,6 +161,7 @@ class SimBridgeNode(Node):
         """Build the env and start the first episode (if ``reset_on_start``); seconds of work."""
         ok, message, outputs = self.bridge.start(time.monotonic(), instruction_subscribed=self._instruction_heard())
         self._emit(outputs)
+        self._emit(self.bridge.render_viewer())
         if not ok:
             raise RuntimeError(message)
 
@@ -177,6 +178,7 @@ class SimBridgeNode(Node):
         ok, message, outputs = self.bridge.reset_episode(suite, task_id, init_state_id, time.monotonic(),
                                                          instruction_subscribed=self._instruction_heard())
         self._emit(outputs)
+        self._emit(self.bridge.render_viewer())
         return ok, message
 
     def end_episode(self, reason: str) -> None:
@@ -224,6 +226,8 @@ class SimBridgeNode(Node):
         self._emit(outputs_of())
         if timing["steps"] > steps:
             self._bridge_s += time.perf_counter() - t0 - (timing["env_step_s"] - env_s)
+        # After the observation is out: in lockstep the viewer render overlaps the policy's inference.
+        self._emit(self.bridge.render_viewer())
 
     def _observation_msgs(self, obs: Observation, stamp: TimeMsg) -> list[tuple[object, object]]:
         out = []
