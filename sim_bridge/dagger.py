@@ -48,8 +48,9 @@ class PolicyDriver:
         self.policy.reset()
 
     def act(self, obs: Observation) -> np.ndarray | None:
-        """The policy's LIBERO action, or None for an output the node would hold on. Its ``done`` is ignored:
-        the episode's end is labelled from the simulator's success check, as in demonstrations."""
+        """The policy's LIBERO action, or None for an output the node would hold on (the node's decision step,
+        :func:`vla_ros.sim.rollout.policy_step`). Its ``done`` is ignored (also None): the episode's end is
+        labelled from the simulator's success check, as in demonstrations."""
         if not self.instruction:
             raise RuntimeError("set PolicyDriver.instruction to the task's instruction first")
         action, _done = policy_step(self.policy, obs.images["agentview"], self.instruction, self.controller,

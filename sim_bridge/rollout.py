@@ -1,16 +1,19 @@
-"""The in-process episode loop (ROS-free): ``LiberoEpisodeEnv`` + a ``Policy`` + the node's action shaping.
+"""The in-process episode loop (ROS-free): ``LiberoEpisodeEnv`` + a ``Policy`` + the node's decision step.
 
 Each step does what the graph ``sim_bridge_node`` + ``vla_policy_node`` does in lockstep, with the same
 functions, so both routes give the same actions and outcome for one seed:
 
 - the policy sees the flipped camera image the bridge would publish (``LiberoEpisodeEnv`` flips it); any
   centre crop is the backend's preprocessing (its ``center_crop`` option, as the node passes it);
-- its raw output is shaped by ``vla_ros.controller.shape_action`` (clamps, step limits, gripper convention of
-  the checkpoint) and turned into LIBERO's controller action by ``vla_ros.action_conversion.command_to_libero``
-  — the gripper closure passes through float32 as it does in ``VlaAction.gripper``;
+- its further inputs (wrist camera, proprio) are built by ``vla_ros.inputs.further_inputs`` from the observation
+  the bridge publishes as the wrist camera, ``/joint_states`` and ``/ee_pose``, as the node builds them;
+- the decision is the node's: ``vla_ros.decision.decide`` (``policy.act``, ``vla_ros.controller.shape_action``,
+  holds on invalid output) and ``vla_ros.action_conversion.libero_action``, the LIBERO action of a command sent
+  as ``VlaAction`` (gripper through float32);
 - the policy's ``done`` ends the episode with reason ``policy_done`` without executing that action (the bridge
   does the same on ``VlaAction.finished``); an invalid output is counted and the step is held (a hold does not
-  step the simulator in lockstep, so the episode ends at the step limit or by a later valid action).
+  step the simulator in lockstep, so the episode ends at the step limit or by a later valid action). A policy that
+  raises ends the run with its exception: in-process that is a bug to see, not a state of the robot.
 """
 
 from __future__ import annotations
@@ -19,11 +22,12 @@ import time
 
 import numpy as np
 
-from vla_ros.action_conversion import command_to_libero
-from vla_ros.controller import ControllerConfig, shape_action
+from vla_ros.action_conversion import libero_action
+from vla_ros.controller import ControllerConfig
 from vla_ros.data.results import EpisodeResult
+from vla_ros.decision import decide
+from vla_ros.inputs import further_inputs
 from vla_ros.policy import Policy
-from vla_ros.proprio import PROPRIO_LAYOUT, proprio_vector
 from vla_ros.sim.libero_env import LiberoEpisodeEnv, Observation
 from vla_ros.sim.recording import EpisodeRecorder
 
@@ -31,30 +35,24 @@ from vla_ros.sim.recording import EpisodeRecorder
 def policy_inputs(policy: Policy, obs: Observation) -> dict:
     """The further inputs the policy's model takes (``metadata.extra_images``, ``proprio_layout``), from the
     same observation the bridge publishes as the wrist camera, ``/joint_states`` and ``/ee_pose``."""
-    meta, kw = policy.metadata, {}
-    if meta.extra_images:
-        missing = [c for c in meta.extra_images if c not in obs.images]
-        if missing:
-            raise ValueError(f"the policy needs camera(s) {missing}; the env renders {sorted(obs.images)}")
-        kw["extra_images"] = {c: obs.images[c] for c in meta.extra_images}
-    if meta.proprio_layout:
-        if meta.proprio_layout != PROPRIO_LAYOUT:
-            raise ValueError(f"unknown proprio layout {meta.proprio_layout!r} (known: {PROPRIO_LAYOUT})")
-        kw["proprio"] = proprio_vector(obs.eef_pos, obs.eef_quat, obs.gripper_qpos)
-    return kw
+    meta = policy.metadata
+    return further_inputs(meta.extra_images, meta.proprio_layout, obs.images, (obs.eef_pos, obs.eef_quat),
+                          obs.gripper_qpos)
 
 
 def policy_step(policy: Policy, image: np.ndarray, instruction: str, cfg: ControllerConfig,
                 inputs: dict | None = None) -> tuple[np.ndarray | None, bool]:
-    """One decision as the node makes it: (LIBERO action or None for a hold on invalid output, done)."""
-    out = policy.act(image, instruction, **(inputs or {}))
-    meta = policy.metadata
-    try:
-        cmd = shape_action(np.asarray(out.action, dtype=np.float64), meta.action_space, meta.gripper_convention, cfg)
-    except ValueError:
-        return None, bool(out.done)
-    gripper = float(np.float32(cmd.gripper))  # VlaAction.gripper is float32
-    return command_to_libero(cmd.linear, cmd.angular, gripper, meta.action_space), bool(out.done)
+    """One decision as the node makes it (``vla_ros.decision.decide``): (LIBERO action, False) to execute,
+    (None, True) when the policy declared the episode done, (None, False) for a hold on an invalid output.
+    An exception of the policy is re-raised."""
+    decision = decide(policy, image, instruction, inputs or {}, cfg)
+    if decision.exception is not None:
+        raise decision.exception
+    reason = decision.outcome()
+    if reason or decision.command is None:
+        return None, reason == "finished"
+    cmd = decision.command
+    return libero_action(cmd.linear, cmd.angular, cmd.gripper, policy.metadata.action_space), False
 
 
 def run_episode(env: LiberoEpisodeEnv, policy: Policy, init_state_id: int, *,

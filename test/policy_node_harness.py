@@ -85,7 +85,7 @@ class Harness:
             overrides.append(Parameter("use_sim_time", value=True))
         self.node = VlaPolicyNode(context=self.ctx, parameter_overrides=overrides)
         self.executor.add_node(self.node)
-        if self.node._active:
+        if self.node._control.active:
             self.wait_matched()
         return self.node
 
@@ -141,7 +141,7 @@ class Harness:
         """Publish a frame until the node holds it as its newest."""
         msg = self.make_image(value, stamp, size)
         key = (msg.header.stamp.sec, msg.header.stamp.nanosec)
-        self.publish_until(self.pub_image, msg, lambda: getattr(self.node._frames.peek(), "key", None) == key,
+        self.publish_until(self.pub_image, msg, lambda: getattr(self.node._control.frames.peek(), "key", None) == key,
                            f"frame {key} at the node")
         return msg
 

@@ -46,9 +46,9 @@ def test_acts_at_the_configured_rate_on_the_newest_frame(h):
     node = h.start(backend_options="{mode: image_mean}", image_timeout_s=100.0)
     h.clock(1.0)
     h.instruct("put the black bowl on the plate")
-    wait_for(lambda: node._instruction is not None, DEADLINE, what="instruction")
+    wait_for(lambda: node._control.instruction is not None, DEADLINE, what="instruction")
     h.send_image(value=40, stamp=0.5)
-    wait_for(lambda: node._frames.peek() is not None, DEADLINE, what="frame")
+    wait_for(lambda: node._control.frames.peek() is not None, DEADLINE, what="frame")
     n0 = node.status().actions_published
     _advance(h, 1.0, 2.0)  # one second of sim time at 20 Hz
     wait_for(lambda: not node._busy, DEADLINE, what="worker idle")
@@ -71,7 +71,7 @@ def test_acts_at_the_configured_rate_on_the_newest_frame(h):
     dropped = node.status().dropped_frames
     for v in (10, 20, 30):
         h.send_image(value=v, stamp=3.0 + v / 100)
-        wait_for(lambda v=v: node._frames.peek().rgb[0, 0, 0] == v, DEADLINE, what="frame stored")
+        wait_for(lambda v=v: node._control.frames.peek().rgb[0, 0, 0] == v, DEADLINE, what="frame stored")
     assert node.status().dropped_frames == dropped + 2
     mark = len(h.snapshot())
     h.clock(3.1)
@@ -83,14 +83,14 @@ def test_holds_without_instruction_and_on_stale_images(h):
     node = h.start(backend_options="{action: [1, 0, 0, 0, 0, 0, 1]}", image_timeout_s=0.5)
     h.clock(1.0)
     h.send_image(stamp=1.0)
-    wait_for(lambda: node._frames.peek() is not None, DEADLINE, what="frame")
+    wait_for(lambda: node._control.frames.peek() is not None, DEADLINE, what="frame")
     mark = len(h.snapshot())
     h.clock(1.05)
     hold = h.wait_action(lambda a: True, "a hold", start=mark)
     assert hold.hold and hold.hold_reason == "no_instruction"
     assert (hold.twist.linear.x, hold.twist.angular.z) == (0.0, 0.0) and len(hold.raw_action) == 0
     h.instruct("pick up the bowl")
-    wait_for(lambda: node._instruction is not None, DEADLINE, what="instruction")
+    wait_for(lambda: node._control.instruction is not None, DEADLINE, what="instruction")
     mark = len(h.snapshot())
     h.clock(1.10)
     # (a hold sent before the instruction may still be on its way: wait for the action itself)
@@ -106,7 +106,7 @@ def test_holds_without_instruction_and_on_stale_images(h):
     wait_for(lambda: h.status().state == PolicyStatus.STATE_HOLDING, DEADLINE, what="status holding")
     assert h.status().hold_reason == "stale_image"
     h.send_image(stamp=1.7)
-    wait_for(lambda: node._frames.peek().key == (1, 700_000_000), DEADLINE, what="new frame")
+    wait_for(lambda: node._control.frames.peek().key == (1, 700_000_000), DEADLINE, what="new frame")
     mark = len(h.snapshot())
     h.clock(1.70)
     h.wait_action(lambda a: not a.hold, "acting again", start=mark)
@@ -117,7 +117,7 @@ def test_enable_switch_dry_run_and_twist_mirror(h):
     h.clock(1.0)
     h.instruct("open the drawer")
     h.send_image(stamp=1.0)
-    wait_for(lambda: node._instruction is not None and node._frames.peek() is not None, DEADLINE, what="inputs")
+    wait_for(lambda: node._control.instruction is not None and node._control.frames.peek() is not None, DEADLINE, what="inputs")
     h.clock(1.05)
     act = h.wait_action(lambda a: not a.hold, "an action")
     tw = h.twists[-1]
@@ -151,7 +151,7 @@ def test_bad_policy_output_holds_and_node_keeps_running(h, options, reason, erro
     h.clock(1.0)
     h.instruct("stack the blocks")
     h.send_image(stamp=1.0)
-    wait_for(lambda: node._instruction is not None and node._frames.peek() is not None, DEADLINE, what="inputs")
+    wait_for(lambda: node._control.instruction is not None and node._control.frames.peek() is not None, DEADLINE, what="inputs")
     for k in range(1, 4):  # several cycles: every one holds, none crashes
         mark = len(h.snapshot())
         h.clock(1.0 + 0.05 * k)
@@ -173,7 +173,7 @@ def test_bad_inputs_are_rejected_counted_and_harmless(h):
     h.clock(1.0)
     h.instruct("wipe the table")
     h.send_image(value=100, stamp=1.0)
-    wait_for(lambda: node._instruction == "wipe the table" and node._frames.peek() is not None, DEADLINE,
+    wait_for(lambda: node._control.instruction == "wipe the table" and node._control.frames.peek() is not None, DEADLINE,
              what="good inputs")
     base = h.status().rejected_inputs
     bad_images = []
@@ -198,17 +198,17 @@ def test_bad_inputs_are_rejected_counted_and_harmless(h):
         wait_for(lambda k=k: h.status().rejected_inputs == base + len(bad_images) + k, DEADLINE,
                  what=f"bad instruction {k} rejected")
     assert node._rejections.by_kind == {"image": 5, "instruction": 4}
-    assert node._frames.peek().rgb[0, 0, 0] == 100  # bad frames did not replace the good one
-    assert node._instruction == "wipe the table"  # bad instructions did not replace the good one
+    assert node._control.frames.peek().rgb[0, 0, 0] == 100  # bad frames did not replace the good one
+    assert node._control.instruction == "wipe the table"  # bad instructions did not replace the good one
     # the other supported encodings arrive as RGB
     bgr = fill_image_msg(Image(), np.tile(np.array([10, 20, 30], np.uint8), (32, 32, 1)), "bgr8")
     bgr.header.stamp.sec = 3
-    h.publish_until(h.pub_image, bgr, lambda: node._frames.peek().key == (3, 0), "bgr8 frame")
-    assert node._frames.peek().rgb[5, 5].tolist() == [10, 20, 30]
+    h.publish_until(h.pub_image, bgr, lambda: node._control.frames.peek().key == (3, 0), "bgr8 frame")
+    assert node._control.frames.peek().rgb[5, 5].tolist() == [10, 20, 30]
     mono = Image(height=32, width=32, encoding="mono8", step=32, data=bytes([77]) * 1024)
     mono.header.stamp.sec = 4
-    h.publish_until(h.pub_image, mono, lambda: node._frames.peek().key == (4, 0), "mono8 frame")
-    assert node._frames.peek().rgb.shape == (32, 32, 3) and node._frames.peek().rgb[0, 0].tolist() == [77] * 3
+    h.publish_until(h.pub_image, mono, lambda: node._control.frames.peek().key == (4, 0), "mono8 frame")
+    assert node._control.frames.peek().rgb.shape == (32, 32, 3) and node._control.frames.peek().rgb[0, 0].tolist() == [77] * 3
     assert h.status().rejected_inputs == base + len(bad_images) + 4
     h.send_image(value=100, stamp=2.0)
     mark = len(h.snapshot())
@@ -224,7 +224,7 @@ def test_finished_holds_until_a_new_instruction(h):
     h.clock(1.0)
     h.instruct("close the microwave")
     h.send_image(stamp=1.0)
-    wait_for(lambda: node._instruction is not None and node._frames.peek() is not None, DEADLINE, what="inputs")
+    wait_for(lambda: node._control.instruction is not None and node._control.frames.peek() is not None, DEADLINE, what="inputs")
     mark = len(h.snapshot())
     t = 1.0
     while not any(a.finished for a in h.snapshot()[mark:]):
@@ -241,7 +241,7 @@ def test_finished_holds_until_a_new_instruction(h):
     assert after.hold and after.hold_reason == "finished"
     assert h.status().state == PolicyStatus.STATE_FINISHED
     h.instruct("close the microwave")  # same text again = a new episode after finishing
-    wait_for(lambda: not node._finished, DEADLINE, what="finished cleared")
+    wait_for(lambda: not node._control.finished, DEADLINE, what="finished cleared")
     mark = len(h.snapshot())
     h.clock(t + 0.10)
     h.wait_action(lambda a: not a.hold, "acting again", start=mark)
@@ -250,7 +250,7 @@ def test_finished_holds_until_a_new_instruction(h):
     _advance(h, t, t + 1.0, dt=0.05)
     t += 1.0
     h.instruct("open the microwave")
-    wait_for(lambda: node._instruction == "open the microwave", DEADLINE, what="new instruction")
+    wait_for(lambda: node._control.instruction == "open the microwave", DEADLINE, what="new instruction")
     mark = len(h.snapshot())
     h.clock(t + 0.05)
     h.wait_action(lambda a: a.hold_reason == "stale_image", "stale hold", start=mark)
@@ -266,14 +266,14 @@ def test_finished_holds_until_a_new_instruction(h):
 
 def test_lockstep_answers_each_observation_exactly_once(h):
     node = h.start(sim_time=False, lockstep=True, backend_options="{mode: image_mean}")
-    policy = node._policy
+    policy = node._control.policy
     # an observation before any instruction: exactly one hold for it, then the answer once instructed
     h.send_image(value=10, stamp=5.0)
     first = h.wait_action(lambda a: True, "hold for the first observation")
     assert first.hold and first.hold_reason == "no_instruction" and first.header.stamp.sec == 5
     wait_for(lambda: h.pub_episode.get_subscription_count() > 0, DEADLINE, what="episode status match")
     h.pub_episode.publish(EpisodeStatus(episode_id=7, step=0, image_flip="vflip", action_space="libero_osc_pose_20hz"))
-    wait_for(lambda: node._episode == (7, 0), DEADLINE, what="episode status")
+    wait_for(lambda: node._control.episodes.latest == (7, 0), DEADLINE, what="episode status")
     assert node._flip_warned  # the debug checkpoint says rot180
     h.instruct("put the bowl on the plate")
     a = h.wait_action(lambda a: not a.hold, "answer to the waiting observation")
@@ -337,7 +337,7 @@ class _BlockingPolicy:
 def test_inference_never_blocks_callbacks_and_runs_one_at_a_time(h):
     node = h.start(sim_time=False, auto_start=False, image_timeout_s=1000.0)
     assert node.trigger_configure() == TransitionCallbackReturn.SUCCESS
-    policy = node._policy = _BlockingPolicy(node._policy)
+    policy = node._control.policy = _BlockingPolicy(node._control.policy)
     assert node.trigger_activate() == TransitionCallbackReturn.SUCCESS
     h.wait_matched()
     h.instruct("push the plate to the front of the stove")

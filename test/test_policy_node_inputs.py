@@ -114,7 +114,7 @@ def _start(h: Harness, ckpt, **params):
     node = h.start(auto_start=False, backend="native", checkpoint=str(ckpt), device="cpu",
                    backend_options="{fast: false}", **params)
     assert node.trigger_configure() == OK, h.status().last_error
-    policy = node._policy = _Recording(node._policy)
+    policy = node._control.policy = _Recording(node._control.policy)
     assert node.trigger_activate() == OK
     h.wait_matched()
     wait_for(lambda: all(p.get_subscription_count() > 0 for p in (h.pub_wrist, h.pub_joints, h.pub_pose)),
@@ -191,7 +191,7 @@ def test_node_action_equals_policy_act_with_the_same_wrist_image_and_proprio(h, 
     node, policy = _start(h, wrist_proprio_checkpoint, sim_time=False, lockstep=True)
     assert set(node._extra_subs) == {"wrist_image", "joint_states", "ee_pose"}
     h.instruct(INSTR)
-    wait_for(lambda: node._instruction == INSTR, DEADLINE, what="instruction")
+    wait_for(lambda: node._control.instruction == INSTR, DEADLINE, what="instruction")
     ref = load_policy("native", str(wrist_proprio_checkpoint), device="cpu", fast=False)
     for k, t in enumerate((11.0, 12.0, 13.0)):
         obs = Obs(seed=k)
@@ -210,10 +210,10 @@ def test_node_action_equals_policy_act_with_the_same_wrist_image_and_proprio(h, 
 def test_missing_inputs_hold_count_a_rejection_and_are_waited_for(h, wrist_proprio_checkpoint):
     node, policy = _start(h, wrist_proprio_checkpoint, sim_time=False, lockstep=True, image_timeout_s=0.3)
     h.instruct(INSTR)
-    wait_for(lambda: node._instruction == INSTR, DEADLINE, what="instruction")
+    wait_for(lambda: node._control.instruction == INSTR, DEADLINE, what="instruction")
     obs = Obs(seed=5)
     # the main image alone: after image_timeout_s one hold (missing_inputs), one counted rejection, no inference
-    h.publish_until(h.pub_image, obs.main_msg(21.0), lambda: node._frames.peek() is not None, "the image")
+    h.publish_until(h.pub_image, obs.main_msg(21.0), lambda: node._control.frames.peek() is not None, "the image")
     held = _answer(h, 21, hold=True)
     assert held.hold_reason == "missing_inputs" and held.twist.linear.x == 0.0 and held.gripper == 0.0
     assert not policy.calls
@@ -239,14 +239,14 @@ def test_mismatched_stamps_are_not_paired(h, wrist_proprio_checkpoint):
     # lockstep: equal stamps only; the previous step's inputs are never used for the next image
     node, policy = _start(h, wrist_proprio_checkpoint, sim_time=False, lockstep=True, image_timeout_s=0.3)
     h.instruct(INSTR)
-    wait_for(lambda: node._instruction == INSTR, DEADLINE, what="instruction")
+    wait_for(lambda: node._control.instruction == INSTR, DEADLINE, what="instruction")
     first, second = Obs(seed=1), Obs(seed=2)
     _publish_until_answer(h, first, 31.0)
     n = len(policy.calls)
     second.publish(h, 32.0, main=False, extras_at=32.01)  # close, but not the same instant
-    wait_for(lambda: all(node._inputs.history[k].newest_stamp() == 32_010_000_000 for k in node._inputs.keys),
+    wait_for(lambda: all(node._control.inputs.history[k].newest_stamp() == 32_010_000_000 for k in node._control.inputs.keys),
              DEADLINE, what="the inputs at 32.01 stored")
-    h.publish_until(h.pub_image, second.main_msg(32.0), lambda: node._frames.peek().key == (32, 0), "image 32")
+    h.publish_until(h.pub_image, second.main_msg(32.0), lambda: node._control.frames.peek().key == (32, 0), "image 32")
     held = _answer(h, 32)
     assert held.hold and held.hold_reason == "missing_inputs" and len(policy.calls) == n
     _publish_until_answer(h, second, 32.0, main=False)  # its own inputs: now it acts, with them
@@ -261,11 +261,11 @@ def test_free_running_pairs_within_the_tolerance_and_maps_gripper_joint_names(h,
                           gripper_joint_names=list(fingers))
     h.clock(1.0)
     h.instruct(INSTR)
-    wait_for(lambda: node._instruction == INSTR, DEADLINE, what="instruction")
+    wait_for(lambda: node._control.instruction == INSTR, DEADLINE, what="instruction")
     near, far = Obs(seed=3, fingers=fingers), Obs(seed=4, fingers=fingers)
     h.send_image(stamp=5.0, size=64)
     far.publish(h, 5.0, main=False, extras_at=5.05)  # 50 ms off: not paired
-    wait_for(lambda: all(node._inputs.history[k].newest_stamp() for k in node._inputs.keys), DEADLINE,
+    wait_for(lambda: all(node._control.inputs.history[k].newest_stamp() for k in node._control.inputs.keys), DEADLINE,
              what="the far inputs stored")
     mark = len(h.snapshot())
     h.clock(1.05)
@@ -273,8 +273,8 @@ def test_free_running_pairs_within_the_tolerance_and_maps_gripper_joint_names(h,
     assert held.hold and held.hold_reason == "missing_inputs" and not policy.calls
     wait_for(lambda: node._rejections.by_kind.get("inputs") == 1, DEADLINE, what="a counted rejection")
     near.publish(h, 5.0, main=False, extras_at=4.99)  # 10 ms off: paired
-    wait_for(lambda: all(node._inputs.history[k].match(5_000_000_000, 20_000_000) is not None
-                         for k in node._inputs.keys), DEADLINE, what="the near inputs stored")
+    wait_for(lambda: all(node._control.inputs.history[k].match(5_000_000_000, 20_000_000) is not None
+                         for k in node._control.inputs.keys), DEADLINE, what="the near inputs stored")
     mark = len(h.snapshot())
     h.clock(1.10)
     act = h.wait_action(lambda a: True, "a tick", start=mark)
@@ -286,20 +286,20 @@ def test_free_running_pairs_within_the_tolerance_and_maps_gripper_joint_names(h,
 
 def test_plain_models_subscribe_to_nothing_more_and_unknown_cameras_fail_configure(h, monkeypatch):
     node = h.start(sim_time=False, lockstep=True)  # the debug policy: a camera and an instruction only
-    assert node._inputs is not None and not node._inputs and node._extra_subs == {}
+    assert node._control.inputs is not None and not node._control.inputs and node._extra_subs == {}
     assert h.pub_joints.get_subscription_count() == 0 and h.pub_wrist.get_subscription_count() == 0
     assert node.trigger_deactivate() == OK and node.trigger_cleanup() == OK
 
-    import vla_ros.nodes.policy_node as policy_node
+    import vla_ros.nodes.policy_io as policy_io
     from vla_ros.backends.debug import DebugPolicy
 
     def belly_camera_policy(*args, **kwargs):
         policy = DebugPolicy()
         policy.metadata.extra_images = ("belly",)
         return policy
-    monkeypatch.setattr(policy_node, "load_policy", belly_camera_policy)
+    monkeypatch.setattr(policy_io, "load_policy", belly_camera_policy)
     assert node.trigger_configure() == TransitionCallbackReturn.FAILURE
-    assert "belly" in h.status().last_error and node._policy is None
+    assert "belly" in h.status().last_error and node._control.policy is None
     assert h.status().state == PolicyStatus.STATE_UNCONFIGURED
 
 

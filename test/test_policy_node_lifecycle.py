@@ -34,9 +34,9 @@ def _state(node) -> str:
 
 def test_lifecycle_transitions_and_cleanup_releases_the_policy(h):
     node = h.start(sim_time=False, auto_start=False, lockstep=True)
-    assert _state(node) == "unconfigured" and node._policy is None
+    assert _state(node) == "unconfigured" and node._control.policy is None
     assert node.trigger_configure() == OK and _state(node) == "inactive"
-    ref = weakref.ref(node._policy)
+    ref = weakref.ref(node._control.policy)
     assert h.status().state == PolicyStatus.STATE_INACTIVE
     assert node.trigger_activate() == OK
     h.wait_matched()
@@ -50,7 +50,7 @@ def test_lifecycle_transitions_and_cleanup_releases_the_policy(h):
     assert not node._pub_action.is_activated and h.status().state == PolicyStatus.STATE_INACTIVE
 
     assert node.trigger_activate() == OK  # and back: still configured, same policy
-    assert ref() is node._policy
+    assert ref() is node._control.policy
     h.instruct("turn off the stove")
     h.send_image(stamp=4.0)
     h.wait_action(lambda a: a.header.stamp.sec == 4 and not a.hold, "answer after re-activation")
@@ -59,17 +59,17 @@ def test_lifecycle_transitions_and_cleanup_releases_the_policy(h):
     assert _state(node) == "unconfigured"
     gc.collect()
     assert ref() is None, "cleanup left a reference to the policy"
-    assert node._policy is None and node._worker is None
+    assert node._control.policy is None and node._worker is None
     assert h.status().state == PolicyStatus.STATE_UNCONFIGURED
 
-    assert node.trigger_configure() == OK and node._policy is not None  # configure again works
+    assert node.trigger_configure() == OK and node._control.policy is not None  # configure again works
     assert node.trigger_cleanup() == OK
 
 
 def test_configure_fails_cleanly_on_a_bad_backend(h):
     node = h.start(sim_time=False, auto_start=False, backend="no_such_backend")
     assert node.trigger_configure() == TransitionCallbackReturn.FAILURE
-    assert _state(node) == "unconfigured" and node._policy is None
+    assert _state(node) == "unconfigured" and node._control.policy is None
     assert "no_such_backend" in h.status().last_error
 
 
@@ -92,7 +92,7 @@ def _result(h: Harness, goal_handle):
 def test_action_runs_to_a_result_and_cancel_holds(h):
     node = h.start(sim_time=False, backend_options="{done_after: 4}", image_timeout_s=1000.0)
     h.send_image(stamp=1.0)
-    wait_for(lambda: node._frames.peek() is not None, DEADLINE, what="frame")
+    wait_for(lambda: node._control.frames.peek() is not None, DEADLINE, what="frame")
 
     gh, feedback = _goal(h, "put the cream cheese in the bowl")
     assert gh.accepted
@@ -104,7 +104,7 @@ def test_action_runs_to_a_result_and_cancel_holds(h):
     gh, _ = _goal(h, "put the cream cheese in the bowl", max_steps=2)  # a goal restarts the episode
     res = _result(h, gh)
     assert (res.success, res.reason, res.steps) == (False, "step_limit", 2)
-    assert node._instruction is None  # the node holds after the goal
+    assert node._control.instruction is None  # the node holds after the goal
     mark = len(h.snapshot())
     assert h.wait_action(lambda a: a.hold, "hold after the step limit", start=mark).hold_reason == "no_instruction"
 
@@ -120,7 +120,7 @@ def test_action_runs_to_a_result_and_cancel_holds(h):
     cancel = gh.cancel_goal_async()
     wait_for(cancel.done, DEADLINE, what="cancel response")
     res = _result(h, gh)
-    assert res.reason == "canceled" and not res.success and node._instruction is None
+    assert res.reason == "canceled" and not res.success and node._control.instruction is None
     gh, _ = _goal(h, "open the top drawer", timeout_s=0.2)
     assert _result(h, gh).reason == "timeout"
     assert h.enable(True).success
@@ -142,7 +142,7 @@ def test_native_checkpoint_is_configured_served_and_released(h, tmp_path):
     node = h.start(sim_time=False, auto_start=False, lockstep=True, backend="native", checkpoint=str(ckpt),
                    device="cpu", center_crop="on", backend_options="{fast: false}")
     assert node.trigger_configure() == OK, h.status().last_error
-    policy = node._policy
+    policy = node._control.policy
     assert policy.metadata.extra["backend"] == "native" and policy.processor.center_crop  # option reached it
     ref, model_ref = weakref.ref(policy), weakref.ref(policy.model)
     del policy

@@ -84,12 +84,12 @@ def test_parameter_updates_are_validated(h):
     assert not ok("gripper_convention", "flipped")
     assert not ok("gripper_joint_names", ["a", "b"])  # read-only
     assert not ok("input_sync_tolerance_s", -0.1)
-    assert ok("input_sync_tolerance_s", 0.01) and node._sync_tolerance_s == 0.01
-    assert node._cfg.gripper_mode == "continuous" and node._cfg.clamp_low == (-1.0,) * 6
-    assert ok("gripper_mode", "binary") and node._cfg.gripper_mode == "binary"
-    assert ok("clamp_high", [0.5] * 6) and node._cfg.clamp_high == (0.5,) * 6
+    assert ok("input_sync_tolerance_s", 0.01) and node._control.sync_tolerance_s == 0.01
+    assert node._control.cfg.gripper_mode == "continuous" and node._control.cfg.clamp_low == (-1.0,) * 6
+    assert ok("gripper_mode", "binary") and node._control.cfg.gripper_mode == "binary"
+    assert ok("clamp_high", [0.5] * 6) and node._control.cfg.clamp_high == (0.5,) * 6
     assert ok("control_rate_hz", 5.0) and node._ctl_timer.timer_period_ns == 200_000_000
-    assert ok("gripper_convention", "openvla_open01") and node._cfg.gripper_convention == "openvla_open01"
+    assert ok("gripper_convention", "openvla_open01") and node._control.cfg.gripper_convention == "openvla_open01"
 
 
 @pytest.mark.slow

@@ -3,6 +3,8 @@
 The policy node turns a policy's raw output into the message form (a per-step end-effector delta
 in metres/radians + a gripper closure in [0, 1]); only the sim bridge turns the message form back
 into LIBERO's controller action. Both directions live here so they stay exact inverses.
+:func:`libero_action` is the action a command becomes once it went through ``VlaAction`` (gripper as float32): the
+in-process rollout executes it and the graph's evaluation client rebuilds it, so both routes compare one to one.
 """
 
 from __future__ import annotations
@@ -54,3 +56,9 @@ def command_to_libero(linear, angular, gripper_closure: float, space: ActionSpac
     np.clip(out[:6], space.low, space.high, out=out[:6])
     out[6] = closure_to_libero_binary(gripper_closure)
     return out
+
+
+def libero_action(linear, angular, gripper_closure: float, space: ActionSpace) -> np.ndarray:
+    """The LIBERO action the bridge executes for a command sent as ``VlaAction``: the gripper closure as that
+    message carries it (float32; the twist is float64 there), then :func:`command_to_libero`."""
+    return command_to_libero(linear, angular, float(np.float32(gripper_closure)), space)

@@ -6,15 +6,16 @@ the gripper's finger joints, and ``ee_pose``: end-effector position and x, y, z,
 callbacks turn messages into arrays (the functions here) and keep recent ones by header stamp
 (:class:`StampedHistory`); a decision takes those of the main image's instant (:meth:`ExtraInputs.gather`):
 the message with the image's exact stamp, else the newest whose stamp lies within the tolerance of it
-(tolerance 0 = equal stamps only, as in lockstep). The vector itself is ``vla_ros.proprio.proprio_vector``,
-the same function the in-process rollout and training use.
+(tolerance 0 = equal stamps only, as in lockstep). What ``policy.act`` then gets is built by
+:func:`further_inputs`, the one function the in-process rollout also builds them with from its observation (the
+proprio vector itself is ``vla_ros.proprio.proprio_vector``, as in training).
 """
 
 from __future__ import annotations
 
 import collections
 import threading
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -66,6 +67,28 @@ class StampedHistory:
             self._items.clear()
 
 
+def further_inputs(cameras: Sequence[str], proprio_layout: str, images: Mapping[str, np.ndarray],
+                   ee_pose: tuple[np.ndarray, np.ndarray] | None = None,
+                   fingers: np.ndarray | None = None) -> dict[str, Any]:
+    """``policy.act``'s further keyword arguments for a model that takes ``cameras`` besides the main one and proprio
+    of ``proprio_layout`` ("" = none): ``extra_images`` (camera -> image, from ``images``) and ``proprio`` (from the
+    end-effector ``ee_pose`` = (position, x, y, z, w quaternion) and the two ``fingers`` positions). {} for a plain
+    image model. ValueError on a camera missing from ``images``, an unknown layout or bad proprio values."""
+    kw: dict[str, Any] = {}
+    if cameras:
+        missing = [c for c in cameras if c not in images]
+        if missing:
+            raise ValueError(f"the policy needs camera(s) {missing}; the inputs have {sorted(images)}")
+        kw["extra_images"] = {c: images[c] for c in cameras}
+    if proprio_layout:
+        if proprio_layout != PROPRIO_LAYOUT:
+            raise ValueError(f"unknown proprio layout {proprio_layout!r} (known: {PROPRIO_LAYOUT})")
+        if ee_pose is None or fingers is None:
+            raise ValueError("the policy takes proprio: the end-effector pose and the finger positions are needed")
+        kw["proprio"] = proprio_vector(ee_pose[0], ee_pose[1], fingers)
+    return kw
+
+
 def finger_positions(names: Sequence[str], positions: Sequence[float], wanted: Sequence[str]) -> np.ndarray:
     """The positions of the ``wanted`` joints (the gripper's fingers) from a JointState's names/positions."""
     if len(positions) != len(names):
@@ -103,6 +126,7 @@ class ExtraInputs:
             raise ValueError(f"the policy needs proprio layout {proprio_layout!r}; this node builds "
                              f"{PROPRIO_LAYOUT!r} only")
         self.cameras = tuple(extra_images)
+        self.proprio_layout = proprio_layout
         self.proprio = bool(proprio_layout)
         self.keys = (*keys, *((JOINT_STATES, EE_POSE) if self.proprio else ()))
         self.history = {k: StampedHistory() for k in self.keys}
@@ -123,13 +147,20 @@ class ExtraInputs:
         missing = [k for k, v in found.items() if v is None]
         if missing:
             return {}, missing
-        kw: dict[str, Any] = {}
-        if self.cameras:
-            kw["extra_images"] = {c: found[image_key(c)] for c in self.cameras}
-        if self.proprio:
-            pos, quat = found[EE_POSE]
-            kw["proprio"] = proprio_vector(pos, quat, found[JOINT_STATES])
+        images = {c: found[image_key(c)] for c in self.cameras}
+        kw = further_inputs(self.cameras, self.proprio_layout, images, found.get(EE_POSE), found.get(JOINT_STATES))
         return kw, []
+
+    def pair(self, stamp: int, tolerance_ns: int) -> tuple[dict | None, str]:
+        """(``policy.act`` keyword arguments, "") for the main image's ``stamp``, or (None, why they are missing:
+        not received or not paired, or proprio values the vector refused)."""
+        try:
+            kw, missing = self.gather(stamp, tolerance_ns)
+        except ValueError as exc:  # proprio_vector refused the values
+            return None, str(exc)
+        if missing:
+            return None, self.describe_missing(missing, stamp, tolerance_ns)
+        return kw, ""
 
     def describe_missing(self, missing: Sequence[str], stamp: int, tolerance_ns: int) -> str:
         """Why the pairing failed, per input: nothing received, or the newest stamp seen."""

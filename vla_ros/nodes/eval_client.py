@@ -6,8 +6,9 @@ The graph is resolved from ``config/graphs.yaml`` by :mod:`vla_ros.graph` and st
 parallel evaluation workers never see each other. The bridge starts without an episode
 (``reset_on_start: false``): every episode begins with a reset request, and its result is the bridge's final
 status (the ground truth). The actions the bridge executed are rebuilt from the policy node's ``VlaAction``
-messages (one per observation stamp, holds and re-publications dropped) with the one conversion
-``vla_ros.action_conversion.command_to_libero``, so they compare one to one with in-process evaluation.
+messages (one per observation stamp, holds and re-publications dropped) with
+``vla_ros.action_conversion.libero_action``, the function the in-process rollout executes its commands with, so
+they compare one to one with in-process evaluation.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ import rclpy
 import yaml
 from rclpy.executors import SingleThreadedExecutor
 
-from vla_ros.action_conversion import command_to_libero
+from vla_ros.action_conversion import libero_action
 from vla_ros.config import topics
 from vla_ros.conventions import get_action_space
 from vla_ros.data.results import EpisodeResult
@@ -162,8 +163,8 @@ class GraphEvaluator:
         for key in sorted(by_stamp)[:steps]:
             m = by_stamp[key]
             t = m.twist
-            out.append([float(v) for v in command_to_libero(
-                [t.linear.x, t.linear.y, t.linear.z], [t.angular.x, t.angular.y, t.angular.z], float(m.gripper),
+            out.append([float(v) for v in libero_action(
+                [t.linear.x, t.linear.y, t.linear.z], [t.angular.x, t.angular.y, t.angular.z], m.gripper,
                 get_action_space(m.action_space))])
         self.actions[:] = [m for m in self.actions if m.episode_id != episode_id]
         return out
@@ -210,8 +211,10 @@ def _run_task_graph(spec: dict, task_id: int, record_dir: Path | None, results: 
             "quantization": spec["quantization"] or "none", "step_mode": "lockstep",
             "image_size": spec["image_size"], "max_steps": spec["max_steps"],
             "record": str(record_dir) if record_dir else ""}
+    # the viewer video and the plot are for people watching one episode: not worth their time in every one here
     bridge = {"cameras": ["agentview", *checkpoint_extra_images(spec)], "image_flip": spec["image_flip"],
-              "seed": spec["seed"], "end_on_success": spec["end_on_success"]}
+              "seed": spec["seed"], "end_on_success": spec["end_on_success"], "record_viewer_size": 0,
+              "record_plot": False}
     policy = {"backend_options": yaml.safe_dump(spec["backend_options"], default_flow_style=True).strip(),
               "center_crop": spec["center_crop"]}
     log = Path(spec["log_dir"]) / f"graph_worker{spec['worker']}_task{task_id:02d}.log"

@@ -40,6 +40,7 @@ from std_msgs.msg import String
 
 from vla_ros.config import topics
 from vla_ros.image_codec import fill_image_msg
+from vla_ros.nodes.node_help import print_node_help, wants_help
 from vla_ros.nodes.params import declare_from_specs
 from vla_ros.nodes.qos import command_qos, image_qos, status_qos
 from vla_ros.sim.actions import ActionStats
@@ -54,7 +55,7 @@ from vla_ros.sim.bridge import (
     ScheduleReset,
     default_env_factory,
 )
-from vla_ros.sim.bridge_params import NODE_NAME, PARAMS_FILE, SPECS, BridgeConfig
+from vla_ros.sim.bridge_params import NODE_NAME, PARAMS_FILE, SPECS, BridgeConfig, yaml_defaults
 from vla_ros.sim.libero_env import Observation
 from vla_ros_msgs.msg import EpisodeStatus, VlaAction
 from vla_ros_msgs.srv import ResetEpisode
@@ -306,8 +307,11 @@ class SimBridgeNode(Node):
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``sim_bridge_node [--ros-args ...]``: run the bridge until SIGINT/shutdown; 0 on a clean exit."""
-    rclpy.init(args=argv if argv is not None else sys.argv)
+    """``sim_bridge_node [--help] [--ros-args ...]``: run the bridge until SIGINT/shutdown; 0 on a clean exit."""
+    args = sys.argv if argv is None else argv
+    if wants_help(args):  # print the parameters and exit, without starting a node
+        return print_node_help(NODE_NAME, SPECS, yaml_defaults())
+    rclpy.init(args=args)
     node = None
     rc = 0
     try:
