@@ -5,6 +5,7 @@ Used by `vla-ros demo`; it only listens, so it works against any running graph.
 
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 
@@ -84,7 +85,13 @@ class EpisodeMonitor:
                          f"{self.policy.mean_inference_ms:.1f} ms, {self.policy.actions_published} actions")
         video = self.recording()
         if video is not None:
-            lines.append(f"[demo] video: {video} (+ {video.with_suffix('.json').name})")
+            lines.append(f"[demo] policy camera: {video} (+ {video.with_suffix('.json').name})")
+            sidecar = json.loads(video.with_suffix(".json").read_text())
+            for key, label in (("viewer_video", "viewer video"), ("plot", "action plot")):
+                if sidecar.get(key):
+                    lines.append(f"[demo] {label}: {video.parent / sidecar[key]}")
+                elif sidecar.get(f"{key}_error"):
+                    lines.append(f"[demo] {label} failed: {sidecar[f'{key}_error']}")
         return "\n".join(lines)
 
     def recording(self) -> Path | None:
