@@ -171,3 +171,32 @@ class Harness:
 
     def status(self) -> PolicyStatus:
         return self.node.status()
+
+
+class BlockingPolicy:
+    """A policy whose act() blocks until released, counting how many calls run at once."""
+
+    def __init__(self, inner) -> None:
+        self.inner, self.metadata = inner, inner.metadata
+        self.entered, self.release = threading.Event(), threading.Event()
+        self._lock = threading.Lock()
+        self.running = self.max_running = self.calls = 0
+
+    def act(self, image, instruction):
+        with self._lock:
+            self.running += 1
+            self.calls += 1
+            self.max_running = max(self.max_running, self.running)
+        self.entered.set()
+        try:
+            assert self.release.wait(DEADLINE)
+            return self.inner.act(image, instruction)
+        finally:
+            with self._lock:
+                self.running -= 1
+
+    def reset(self) -> None:
+        self.inner.reset()
+
+    def close(self) -> None:
+        self.inner.close()

@@ -60,3 +60,23 @@ def test_help_of_both_nodes_names_every_parameter():
     assert "max_instruction_chars (int, live, default: 512)" in _help(
         policy_params.NODE_NAME, policy_params.SPECS, policy_params.yaml_defaults())
     assert not rclpy.ok()  # printing help never initialised ROS
+
+
+@pytest.mark.ros
+@pytest.mark.parametrize(("script", "params"), [("vla_policy_node", "vla_ros.nodes.policy_params"),
+                                                 ("sim_bridge_node", "vla_ros.sim.bridge_params")])
+def test_console_scripts_print_their_parameters_and_exit_0(script, params):
+    """The installed console script: parameters on stdout, exit 0, no ROS started (it would log or wait)."""
+    import importlib
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    exe = Path(sys.executable).parent / script
+    if not exe.exists():
+        pytest.fail(f"console script {exe} is not installed (pip install -e . in the venv)")
+    specs = importlib.import_module(params).SPECS
+    proc = subprocess.run([str(exe), "--help"], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.startswith("usage: ") and all(f"  {p} (" in proc.stdout for p in specs)
+    assert "rclpy" not in proc.stderr and "[INFO]" not in proc.stderr + proc.stdout

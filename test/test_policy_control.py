@@ -5,6 +5,7 @@ through ROS topics."""
 from __future__ import annotations
 
 import time
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -36,7 +37,10 @@ class Rig:
         self.control.put_frame(np.full((8, 8, 3), value, np.uint8), (sec, 0), recv_ns=self.now_ns)
 
     def cycle(self) -> list[Answer]:
+        """One decision; free-running, first the control tick that opens its publish slot."""
         mark = len(self.answers)
+        if not self.control.lockstep:
+            self.control.tick()
         self.control.cycle()
         return self.answers[mark:]
 
@@ -52,7 +56,8 @@ def test_lockstep_answers_each_observation_once_and_re_sends_it_without_inferenc
     assert act.reason == "" and act.key == (5, 0) and act.raw[0] == pytest.approx(10 / 255 * 2 - 1)
     assert rig.cycle() == [] and rig.policy.calls == 1  # nothing new: nothing to answer
     rig.frame(10, sec=5)  # the bridge re-publishes the observation
-    assert rig.cycle() == [act] and rig.policy.calls == 1  # the same answer, no second inference
+    (resent,) = rig.cycle()  # the same answer, no second inference; not another step (ExecuteInstruction counts)
+    assert replace(resent, new_step=True) == act and act.new_step and rig.policy.calls == 1
     _, new_episode = rig.control.set_instruction(INSTR)  # the bridge re-sends the instruction
     assert not new_episode
     rig.frame(90, sec=6)
@@ -122,3 +127,113 @@ def test_done_finishes_until_a_new_instruction_or_simulator_episode():
     rig.control.episode_status((2, 0), episode_id=5, step=0)  # the simulator started another episode
     (again,) = rig.cycle()
     assert again.reason == "" and rig.policy.calls == 1  # the policy was reset first (DebugPolicy counts anew)
+
+
+# ---------------------------------------------------------------- issue #20: one command per tick, watchdog, stamps
+
+
+def test_free_running_publishes_one_command_per_tick_however_often_the_worker_wakes():
+    rig = Rig(DebugPolicy(action=[0.5, 0, 0, 0, 0, 0, 1]), lockstep=False, image_timeout_s=100.0)
+    rig.control.set_instruction(INSTR)
+    rig.frame(0, sec=0)
+    for _ in range(5):
+        rig.control.tick()
+        for _ in range(10):  # spurious wake-ups: instruction re-sends, enable(true), a parameter set to its value
+            rig.control.set_instruction(INSTR)
+            rig.control.set_enabled(True)
+            rig.control.update(dry_run=False)
+            rig.control.cycle()
+    assert len(rig.answers) == 5 and all(a.reason == "" for a in rig.answers)
+
+
+class _Blocking(DebugPolicy):
+    """act blocks until ``release`` is set (a hung model)."""
+
+    def __init__(self, **kw) -> None:
+        import threading
+
+        super().__init__(**kw)
+        self.entered, self.release = threading.Event(), threading.Event()
+
+    def act_batch(self, images, instructions, **kw):
+        self.entered.set()
+        assert self.release.wait(30.0)
+        return super().act_batch(images, instructions, **kw)
+
+
+def test_a_hung_inference_makes_each_tick_hold_with_inference_timeout_and_switches_apply_at_once():
+    import threading
+
+    clock = [0.0]
+    policy = _Blocking(action=[0.5, 0, 0, 0, 0, 0, 1])
+    rig = Rig(policy, lockstep=False, image_timeout_s=100.0)
+    rig.control._mono = lambda: clock[0]
+    rig.control.update(inference_timeout_s=1.0)
+    rig.control.set_instruction(INSTR)
+    rig.frame(0, sec=0)
+    assert rig.control.tick() is True  # idle: start a decision
+    worker = threading.Thread(target=rig.control.cycle)
+    worker.start()
+    try:
+        assert policy.entered.wait(30.0)
+        assert rig.control.tick() is False and rig.answers == []  # within its time: nothing yet, no hold
+        clock[0] = 1.5
+        assert rig.control.inference_overdue()
+        rig.control.tick()
+        (timeout_hold,) = rig.answers
+        assert timeout_hold.reason == "inference_timeout" and timeout_hold.command is None
+        rig.control.set_enabled(False)  # takes effect at the next tick, the model still hung
+        rig.control.tick()
+        assert rig.answers[-1].reason == "disabled" and len(rig.answers) == 2
+    finally:
+        policy.release.set()
+        worker.join(30.0)
+    # the late result found this period's slot used: the next tick publishes it, re-checked (still disabled)
+    assert len(rig.answers) == 2
+    rig.control.tick()
+    assert rig.answers[-1].reason == "disabled" and rig.answers[-1].raw[0] == 0.5 and len(rig.answers) == 3
+
+
+def test_staleness_counts_from_the_stamp_when_it_is_on_the_node_clock():
+    warnings: list[str] = []
+    rig = Rig(DebugPolicy(), lockstep=False, image_timeout_s=0.5)
+    rig.control._log_warning = warnings.append
+    rig.control.set_instruction(INSTR)
+    rig.now_ns = 10_000_000_000
+    rig.frame(0, sec=5)  # received now, stamped 5 s ago (a large frame that took long to arrive)
+    (held,) = rig.cycle()
+    assert held.reason == "stale_image" and warnings == []
+    rig.frame(0, sec=11)  # a stamp 1 s ahead of the node clock (beyond the tolerance): receipt age only
+    (act,) = rig.cycle()
+    assert act.reason == "" and len(warnings) == 1
+    rig.frame(0, sec=12)
+    rig.cycle()
+    assert len(warnings) == 1  # logged once
+    rig.control.put_frame(np.zeros((8, 8, 3), np.uint8), (10, 50_000_000), recv_ns=rig.now_ns)  # within tolerance
+    (act,) = rig.cycle()
+    assert act.reason == ""
+
+
+def test_lockstep_answers_do_not_outlive_the_switches_they_were_made_under():
+    rig = Rig(DebugPolicy(action=[0.5, 0, 0, 0, 0, 0, 1]))
+    rig.control.set_instruction(INSTR)
+    rig.control.update(dry_run=True)
+    rig.frame(0, sec=1)
+    (dry,) = rig.cycle()
+    assert dry.reason == "dry_run"
+    rig.frame(0, sec=1)  # re-published: the same answer
+    assert [a.reason for a in rig.cycle()] == ["dry_run"]
+    assert rig.control.update(dry_run=False)
+    (act,) = rig.cycle()  # the dry_run hold was made for dry_run: the observation is answered anew
+    assert act.reason == "" and act.key == (1, 0) and act.new_step
+    assert not rig.control.update(dry_run=False)  # unchanged: the answer stays
+    rig.frame(0, sec=1)
+    (again,) = rig.cycle()
+    assert again.reason == "" and not again.new_step and rig.policy.calls == 2
+    assert rig.control.set_enabled(False)
+    (off,) = rig.cycle()
+    assert off.reason == "disabled"
+    rig.control.set_enabled(True)
+    rig.control.set_instruction("close the drawer")
+    (new,) = rig.cycle()
+    assert new.reason == "" and new.key == (1, 0) and not new.new_step  # the simulator already stepped on it

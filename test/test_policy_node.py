@@ -14,7 +14,7 @@ import pytest
 rclpy = pytest.importorskip("rclpy", reason="rclpy (ROS 2) is not installed")
 
 from diagnostic_msgs.msg import DiagnosticStatus
-from policy_node_harness import DEADLINE, Harness
+from policy_node_harness import DEADLINE, BlockingPolicy, Harness
 from rclpy.lifecycle import TransitionCallbackReturn
 from sensor_msgs.msg import Image
 
@@ -303,41 +303,10 @@ def test_lockstep_answers_each_observation_exactly_once(h):
     assert policy.calls == calls + 1 and len([a for a in h.snapshot() if a.header.stamp.sec == 10]) == 1
 
 
-class _BlockingPolicy:
-    """A policy whose act() blocks until released, counting how many calls run at once."""
-
-    def __init__(self, inner) -> None:
-        import threading
-
-        self.inner, self.metadata = inner, inner.metadata
-        self.entered, self.release = threading.Event(), threading.Event()
-        self._lock = threading.Lock()
-        self.running = self.max_running = self.calls = 0
-
-    def act(self, image, instruction):
-        with self._lock:
-            self.running += 1
-            self.calls += 1
-            self.max_running = max(self.max_running, self.running)
-        self.entered.set()
-        try:
-            assert self.release.wait(DEADLINE)
-            return self.inner.act(image, instruction)
-        finally:
-            with self._lock:
-                self.running -= 1
-
-    def reset(self) -> None:
-        self.inner.reset()
-
-    def close(self) -> None:
-        self.inner.close()
-
-
 def test_inference_never_blocks_callbacks_and_runs_one_at_a_time(h):
     node = h.start(sim_time=False, auto_start=False, image_timeout_s=1000.0)
     assert node.trigger_configure() == TransitionCallbackReturn.SUCCESS
-    policy = node._control.policy = _BlockingPolicy(node._control.policy)
+    policy = node._control.policy = BlockingPolicy(node._control.policy)
     assert node.trigger_activate() == TransitionCallbackReturn.SUCCESS
     h.wait_matched()
     h.instruct("push the plate to the front of the stove")

@@ -29,7 +29,8 @@ class LockstepAnswers(Generic[Answer]):
         self._last_hold: tuple[ObservationKey | None, str] | None = None
 
     def clear(self) -> None:
-        """Forget both (activation: every observation is answered anew)."""
+        """Forget both: activation, or a change of what the answer was made under (dry_run, a live parameter, the
+        enable switch, the instruction). The current observation is then answered anew."""
         self._answered, self._last_hold = None, None
 
     def forget_holds(self) -> None:

@@ -31,6 +31,8 @@ HOLD_REASONS = (
     "inactive",
     "dry_run",
     "missing_inputs",  # the model's further inputs (wrist image, proprio) of the image's instant did not come
+    "inference_timeout",  # free-running: the inference in flight has run longer than inference_timeout_s
+    "unconfigured",  # PolicyStatus only: no policy loaded (nothing is published then)
 )
 GRIPPER_MODES = ("continuous", "binary")
 MOTION_DIMS = 6  # dx, dy, dz, dax, day, daz
@@ -111,6 +113,23 @@ def hold_reason(*, active: bool, enabled: bool, finished: bool, instruction: str
     if frame_age_s is None or frame_age_s > image_timeout_s:
         return "stale_image"
     return ""
+
+
+OTHER_EPOCH_S = 3600.0  # a stamp this much older than its receipt is taken to be from another clock (epoch)
+
+
+def stamp_on_clock(stamp_ns: int, recv_ns: int, tolerance_s: float) -> bool:
+    """Whether an image stamp is on the receiver's clock: at most ``tolerance_s`` after its receipt and less than
+    :data:`OTHER_EPOCH_S` before it. Else (a camera on another clock, e.g. wall stamps under sim time, or stamps
+    since boot) only the receipt tells the frame's age."""
+    return -tolerance_s * 1e9 <= recv_ns - stamp_ns < OTHER_EPOCH_S * 1e9
+
+
+def frame_age_s(now_ns: int, recv_ns: int, stamp_ns: int | None) -> float:
+    """A frame's age: since its receipt, or since its stamp where that is older (``stamp_ns`` None: not on the
+    clock). A large frame that took seconds to arrive is as old as its stamp says, not as fresh as its receipt."""
+    recv_age = (now_ns - recv_ns) * 1e-9
+    return recv_age if stamp_ns is None else max(recv_age, (now_ns - stamp_ns) * 1e-9)
 
 
 def limit_norm(vec: np.ndarray, max_norm: float) -> np.ndarray:

@@ -14,6 +14,12 @@ inputs here (frames, further inputs, instruction, episode statuses, enable switc
    episode began (a changed instruction, or a new simulator episode);
 5. re-checks the state after inference (a new instruction drops the result; a switch-off turns it into a hold) and
    answers with the action, ``finished``, ``dry_run`` or the hold.
+
+Free-running, nothing is published except through :meth:`PolicyControl.tick` (the control timer): each tick opens one
+publish slot, which the decision it starts (or one still running) uses; a decision that finds the slot used waits as
+the pending answer of the next tick. So at most one command goes out per tick, whatever wakes the worker. A tick never
+waits for the worker: while a decision runs, the tick holds for the state's reason (``disabled``, ...) or, when the
+inference has run longer than ``inference_timeout_s``, with ``inference_timeout``.
 """
 
 from __future__ import annotations
@@ -21,13 +27,13 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
 from vla_ros.action_conversion import ArmCommand
 from vla_ros.control_state import EpisodeMatch, InputWait, LockstepAnswers, ObservationKey
-from vla_ros.controller import ControllerConfig, LatestSlot, RejectionLog, hold_reason
+from vla_ros.controller import ControllerConfig, LatestSlot, RejectionLog, frame_age_s, hold_reason, stamp_on_clock
 from vla_ros.conventions import ActionSpace
 from vla_ros.decision import decide
 from vla_ros.inputs import ExtraInputs
@@ -43,6 +49,7 @@ class Frame:
     rgb: np.ndarray
     key: ObservationKey  # its header stamp (sec, nanosec)
     recv_ns: int  # node clock at receipt: the free-running staleness
+    stamp_ns: int | None  # its stamp as node-clock ns where it is on the node clock (then its age counts too)
     recv_mono: float  # time.monotonic() at receipt: how long a decision waits for its further inputs
     episode: tuple[int, int] | None = None  # the bridge's latest (episode_id, step) at receipt
 
@@ -59,6 +66,8 @@ class Answer:
     gripper: float  # the commanded closure; on a hold the last commanded one
     space: ActionSpace | None  # the policy's action space (None unconfigured)
     finished: bool = False  # the policy declared the episode done (this answer holds with "finished")
+    new_step: bool = False  # an action that executes a step: not a hold, not a re-sent answer (lockstep: the first
+    #                         action for its observation)
 
 
 @dataclass
@@ -87,12 +96,17 @@ class PolicyControl:
 
     def __init__(self, cfg: ControllerConfig, *, lockstep: bool, enabled: bool, rejections: RejectionLog,
                  now_ns: Callable[[], int], publish: Callable[[Answer, float], bool], log_error: Callable[[str], None],
-                 dry_run: bool = False, sync_tolerance_s: float = 0.025) -> None:
+                 dry_run: bool = False, sync_tolerance_s: float = 0.025, inference_timeout_s: float = 10.0,
+                 stamp_clock_tolerance_s: float = 0.1, log_warning: Callable[[str], None] | None = None,
+                 monotonic: Callable[[], float] = time.monotonic) -> None:
         self.lock = threading.Lock()
         self.cfg, self.lockstep, self.enabled, self.dry_run = cfg, lockstep, enabled, dry_run
         self.sync_tolerance_s = sync_tolerance_s
+        self.inference_timeout_s, self.stamp_clock_tolerance_s = inference_timeout_s, stamp_clock_tolerance_s
         self.rejections = rejections
         self._now_ns, self._publish, self._log_error = now_ns, publish, log_error
+        self._log_warning, self._mono = log_warning or log_error, monotonic
+        self._stamp_warned = False
         self.frames: LatestSlot[Frame] = LatestSlot()
         self.policy: Policy | None = None
         self.inputs: ExtraInputs | None = None  # the loaded policy's further inputs (None: unconfigured)
@@ -110,17 +124,28 @@ class PolicyControl:
             self.input_wait = InputWait()
             self.last_gripper = 0.0  # before any action: open, as LIBERO and most arms start
             self.stats = Statistics()
+            self._slot = False  # free-running: this tick's one publish is still free
+            self._pending: tuple[Answer, Frame | None, int, float] | None = None  # (answer, frame, generation, ms)
+            self._inferring_since: float | None = None  # monotonic start of the decision step in flight
+            self._last_step_key: ObservationKey | None = None  # lockstep: the observation of the last step
             self.frames.clear()
             if self.inputs is not None:
                 self.inputs.clear()
 
     # ------------------------------------------------------------------ inputs and switches
-    def update(self, **changes) -> None:
-        """Set fields under the lock: the live parameters ``cfg``, ``dry_run``, ``sync_tolerance_s`` (they apply at
-        the next decision) and, at configure/cleanup, ``inputs``."""
+    def update(self, **changes) -> bool:
+        """Set fields under the lock: the live parameters ``cfg``, ``dry_run``, ``sync_tolerance_s``,
+        ``inference_timeout_s``, ``stamp_clock_tolerance_s`` (they apply at the next decision) and, at
+        configure/cleanup, ``inputs``. True when a value changed; then a lockstep answer made under the old values
+        is forgotten (the observation is answered anew)."""
         with self.lock:
+            changed = False
             for name, value in changes.items():
+                changed = changed or getattr(self, name) != value
                 setattr(self, name, value)
+            if changed:
+                self.answers.clear()
+            return changed
 
     def set_active(self, active: bool) -> None:
         with self.lock:
@@ -128,10 +153,13 @@ class PolicyControl:
             if active:
                 self.answers.clear()  # activation: every observation is answered anew
 
-    def set_enabled(self, enabled: bool) -> None:
+    def set_enabled(self, enabled: bool) -> bool:
+        """Flip the enable switch; True when it changed (a lockstep answer made before is forgotten)."""
         with self.lock:
-            self.enabled = enabled
-            self.answers.forget_holds()
+            changed, self.enabled = enabled != self.enabled, enabled
+            if changed:
+                self.answers.clear()
+            return changed
 
     def set_instruction(self, text: str, force_new: bool = False) -> tuple[int, bool]:
         """Adopt an instruction: (its generation, whether it starts a new episode). A changed one (or any after
@@ -144,13 +172,14 @@ class PolicyControl:
                 self.generation += 1
                 self._resets_requested += 1
                 self.episodes.new_own_episode()
-                self.answers.forget_holds()
+                self.answers.clear()  # an answer (a dry_run hold ...) for the old instruction must not be re-sent
             return self.generation, new
 
     def clear_instruction(self) -> None:
         with self.lock:
             self.instruction = None
             self.generation += 1
+            self.answers.clear()
 
     def episode_status(self, key: ObservationKey, episode_id: int, step: int) -> None:
         """The bridge's status of the observation ``key``; a new episode clears ``finished`` and resets the policy."""
@@ -164,8 +193,14 @@ class PolicyControl:
             self.rejections.reject(kind, detail)
 
     def put_frame(self, rgb: np.ndarray, key: ObservationKey, recv_ns: int) -> None:
-        self.frames.put(Frame(rgb=rgb, key=key, recv_ns=recv_ns, recv_mono=time.monotonic(),
-                              episode=self.episodes.latest))
+        stamp = key[0] * 1_000_000_000 + key[1]
+        on_clock = stamp_on_clock(stamp, recv_ns, self.stamp_clock_tolerance_s)
+        if not on_clock and not self.lockstep and not self._stamp_warned:
+            self._stamp_warned = True
+            self._log_warning(f"image stamp {stamp * 1e-9:.3f} s is not on the node clock (now {recv_ns * 1e-9:.3f} s,"
+                              f" tolerance {self.stamp_clock_tolerance_s:g} s): staleness counts from receipt only")
+        self.frames.put(Frame(rgb=rgb, key=key, recv_ns=recv_ns, stamp_ns=stamp if on_clock else None,
+                              recv_mono=self._mono(), episode=self.episodes.latest))
 
     def put_input(self, key: str, stamp_ns: int, value) -> bool:
         """Keep a further input by its stamp; True when a decision may be waiting for it (wake the worker)."""
@@ -174,7 +209,7 @@ class PolicyControl:
             return False  # unconfigured, or the loaded policy does not use this input
         inputs.put(key, stamp_ns, value)
         # free-running: only a decision still waiting for it, not one per message
-        return self.lockstep or self.input_wait.waiting(time.monotonic())
+        return self.lockstep or self.input_wait.waiting(self._mono())
 
     # ------------------------------------------------------------------ the decision cycle
     def cycle(self) -> bool:
@@ -190,18 +225,25 @@ class PolicyControl:
         if self.lockstep:
             if frame is None:
                 return False  # nothing to answer yet
-            answer = self.answers.answer(frame.key)
+            with self.lock:
+                answer = self.answers.answer(frame.key)
             if answer is not None:
                 if new is not None:  # the bridge re-published it: same answer, no second inference
-                    self._send(answer)
+                    self._send(replace(answer, new_step=False))
                 return False
         if reason:
             self.input_wait.done()
         inputs = {} if reason else self._further_inputs(frame)
         if inputs is None:
             return False  # waiting for them, or held
-        decision = decide(policy, frame.rgb if frame else None, instruction, inputs, cfg, reason,
-                          reset=resets != self._resets_done)
+        with self.lock:
+            self._inferring_since = self._mono()
+        try:
+            decision = decide(policy, frame.rgb if frame else None, instruction, inputs, cfg, reason,
+                              reset=resets != self._resets_done)
+        finally:
+            with self.lock:
+                self._inferring_since = None
         if decision.was_reset:
             self._resets_done = resets
         if decision.inferred:
@@ -218,25 +260,64 @@ class PolicyControl:
             if reason == "finished":
                 self.finished = True
         answer = self._answer(frame, reason, decision.command, decision.raw, finished=reason == "finished")
-        if self.lockstep:
-            self.answers.remember(frame.key, answer)
         if not reason:
-            self.last_gripper = decision.command.gripper
-            self.episodes.count_own_step()
-        self._send(answer, decision.inference_ms)
+            answer.new_step = not self.lockstep or frame.key != self._last_step_key
+            if self.lockstep:
+                self._last_step_key = frame.key
+        if self.lockstep:
+            with self.lock:
+                self.answers.remember(frame.key, answer)
+        self._send(answer, decision.inference_ms, frame=frame, generation=generation)
         return False
 
+    def tick(self) -> bool:
+        """The free-running control timer: opens this period's one publish slot; never waits for a decision.
+
+        Publishes the pending answer (re-checked against the state now) if a decision found the previous slot used;
+        else, while a decision is running, a hold for the state's reason or ``inference_timeout`` (nothing while it
+        is within time and nothing holds: its result takes the slot). Returns True when the worker should start a
+        decision now (it is idle and nothing was published)."""
+        with self.lock:
+            self._slot = True
+            pending, self._pending = self._pending, None
+            running = self._inferring_since is not None
+            overdue = running and self._mono() - self._inferring_since > self.inference_timeout_s
+            frame = self.frames.peek()
+            reason = self._state_reason(frame, self.instruction) if running else ""
+            if pending is not None and pending[2] != self.generation:
+                pending = None  # made for an older instruction
+            elif pending is not None and not pending[0].reason:
+                pending_reason = self._state_reason(pending[1], self.instruction)
+                if pending_reason:  # e.g. switched off since: the computed action becomes a hold
+                    pending = (replace(pending[0], reason=pending_reason, command=None, gripper=self.last_gripper,
+                                       new_step=False), *pending[1:])
+        if pending is not None:
+            self._send(pending[0], pending[3])
+            return False
+        if not running:
+            return True
+        reason = reason or ("inference_timeout" if overdue else "")
+        if reason:
+            self._send(self._answer(frame, reason))
+        return False
+
+    def inference_overdue(self) -> bool:
+        """A decision step has run longer than ``inference_timeout_s`` (the status says ``inference_timeout``)."""
+        with self.lock:
+            since = self._inferring_since
+            return since is not None and self._mono() - since > self.inference_timeout_s
+
     def hold_now(self, reason: str) -> None:
-        """Publish one hold for the newest frame at once (deactivation: ``inactive``)."""
-        self._send(self._answer(self.frames.peek(), reason))
+        """Publish one hold for the newest frame at once (deactivation: ``inactive``), slot or not."""
+        self._send(self._answer(self.frames.peek(), reason), force=True)
 
     def _state_reason(self, frame: Frame | None, instruction: str | None) -> str:
         if frame is None:
             age = None
         elif self.lockstep:  # the simulator waits for the answer: its observation cannot go stale
             age = 0.0
-        else:  # measured from receipt on the node clock, before and after inference
-            age = (self._now_ns() - frame.recv_ns) * 1e-9
+        else:  # node clock, from receipt and from the stamp where it is on the node clock; before and after inference
+            age = frame_age_s(self._now_ns(), frame.recv_ns, frame.stamp_ns)
         return hold_reason(active=self.active, enabled=self.enabled, finished=self.finished,
                            instruction=instruction, frame_age_s=age, image_timeout_s=self.cfg.image_timeout_s)
 
@@ -255,7 +336,7 @@ class PolicyControl:
                 self.input_wait.done()
                 return inputs
             wait_s = self.cfg.image_timeout_s if self.lockstep else self.sync_tolerance_s
-            verdict = self.input_wait.missing(frame.key, frame.recv_mono, wait_s, time.monotonic())
+            verdict = self.input_wait.missing(frame.key, frame.recv_mono, wait_s, self._mono())
             if verdict == InputWait.WAIT:
                 return None  # the worker retries when an input arrives or at the deadline
             if verdict == InputWait.REJECT:  # one rejection per observation
@@ -282,7 +363,16 @@ class PolicyControl:
                       gripper=command.gripper if acting else self.last_gripper,
                       space=policy.metadata.action_space if policy is not None else None, finished=finished)
 
-    def _send(self, answer: Answer, inference_ms: float = 0.0) -> None:
+    def _send(self, answer: Answer, inference_ms: float = 0.0, frame: Frame | None = None, generation: int = -1,
+              force: bool = False) -> None:
+        """Publish ``answer``. Free-running it takes the tick's slot; with the slot used it becomes the pending answer
+        of the next tick (``frame`` and ``generation``: what it was made for, to re-check it then)."""
+        with self.lock:
+            if not (self.lockstep or force):
+                if not self._slot:
+                    self._pending = (answer, frame, self.generation if generation < 0 else generation, inference_ms)
+                    return
+                self._slot = False
         if not self._publish(answer, inference_ms):
             return  # not published (inactive publisher): not counted
         with self.lock:
@@ -290,4 +380,7 @@ class PolicyControl:
                 self.stats.holds += 1
             else:
                 self.stats.actions += 1
+                if answer.new_step:
+                    self.last_gripper = answer.command.gripper
+                    self.episodes.count_own_step()
             self.stats.last_reason = answer.reason

@@ -1,6 +1,7 @@
 """The ExecuteInstruction action server of vla_policy_node: one goal at a time, feedback per action.
 
-The control worker publishes actions; this server only follows them (``on_published``) and ends a
+The control worker publishes actions; this server only follows them (``on_published``), counts the executed steps
+(actions, not holds, not the answers lockstep re-sends for a re-published observation) and ends a
 goal on the policy's ``finished`` flag, the goal's step limit or timeout, a cancel (which clears
 the instruction, so the node holds), or when the instruction is replaced from the topic.
 Its execute callback blocks while the goal runs, so it lives in its own reentrant callback group
@@ -37,17 +38,18 @@ class InstructionActionServer:
     def __init__(self, node, name: str, hooks: GoalHooks) -> None:
         self._node, self._hooks = node, hooks
         self._cv = threading.Condition()
-        self._events: collections.deque[tuple[VlaAction, float]] = collections.deque()
+        self._events: collections.deque[tuple[VlaAction, float, bool]] = collections.deque()
         self._busy = False
         self._server = ActionServer(
             node, ExecuteInstruction, name, self._execute, callback_group=ReentrantCallbackGroup(),
             goal_callback=self._on_goal, cancel_callback=lambda _req: CancelResponse.ACCEPT)
 
     # ---- called by the node
-    def on_published(self, msg: VlaAction, inference_ms: float) -> None:
+    def on_published(self, msg: VlaAction, inference_ms: float, new_step: bool) -> None:
+        """A published answer; ``new_step``: an action that executes a step (not a hold, not a re-sent answer)."""
         with self._cv:
             if self._busy:
-                self._events.append((msg, inference_ms))
+                self._events.append((msg, inference_ms, new_step))
                 self._cv.notify_all()
 
     # ---- action server callbacks
@@ -74,8 +76,8 @@ class InstructionActionServer:
                     self._cv.wait_for(lambda: self._events or gh.is_cancel_requested, timeout=0.05)
                     events = list(self._events)
                     self._events.clear()
-                for msg, ms in events:
-                    if not msg.hold:
+                for msg, ms, new_step in events:
+                    if new_step:  # executed steps: re-sent answers and holds do not move the robot
                         result.steps += 1
                     gh.publish_feedback(ExecuteInstruction.Feedback(
                         step=result.steps, inference_ms=float(ms), hold=msg.hold, hold_reason=msg.hold_reason))

@@ -1,9 +1,11 @@
 """vla_policy_node: a VLA policy as a safe ROS 2 lifecycle controller (docs/policy_node.md).
 
 Threading (why it looks like this): every ROS callback (cameras, proprio sources, instruction, episode status,
-enable service, timers) only stores its input and wakes one plain worker thread, which owns the policy. So at most
-one inference is ever in flight, nothing queues behind a slow model, and no callback blocks the executor. The
-ExecuteInstruction server blocks in its own reentrant callback group, hence ``main`` spins a MultiThreadedExecutor.
+enable service, timers) only stores its input; one plain worker thread owns the policy. So at most one inference is
+ever in flight, nothing queues behind a slow model, and no callback blocks the executor. Free-running, only the
+control timer wakes the worker and publishes (one command per tick, holds even while a model hangs); in lockstep an
+observation or a changed switch wakes it. The ExecuteInstruction server blocks in its own reentrant callback group,
+hence ``main`` spins a MultiThreadedExecutor.
 
 This file is wiring: parameters, topics, QoS, threads. The decisions and their state (lockstep answering, holds,
 waiting for further inputs, episode matching; free-running at ``control_rate_hz`` or lockstep) are ROS-free in
@@ -33,6 +35,7 @@ from vla_ros.controller import RateMeter, RejectionLog, validate_instruction
 from vla_ros.inputs import ExtraInputs, stamp_ns
 from vla_ros.nodes import policy_io, policy_params, policy_status
 from vla_ros.nodes.execute_action import GoalHooks, InstructionActionServer
+from vla_ros.nodes.node_help import print_node_help, wants_help
 from vla_ros.nodes.qos import command_qos, image_qos
 from vla_ros.policy_control import Answer, PolicyControl
 from vla_ros_msgs.msg import EpisodeStatus, PolicyStatus, VlaAction
@@ -53,7 +56,9 @@ class VlaPolicyNode(LifecycleNode):
         self._control = PolicyControl(
             policy_params.controller_config(p), lockstep=self._lockstep, enabled=p["start_enabled"],
             rejections=self._rejections, now_ns=lambda: self.get_clock().now().nanoseconds, publish=self._publish,
-            log_error=self.get_logger().error, dry_run=p["dry_run"], sync_tolerance_s=p["input_sync_tolerance_s"])
+            log_error=self.get_logger().error, dry_run=p["dry_run"], sync_tolerance_s=p["input_sync_tolerance_s"],
+            inference_timeout_s=p["inference_timeout_s"], stamp_clock_tolerance_s=p["stamp_clock_tolerance_s"],
+            log_warning=self.get_logger().warning)
         self.add_on_set_parameters_callback(self._validate_params)
         self.add_post_set_parameters_callback(self._apply_params)
         self._rate = RateMeter()
@@ -62,9 +67,16 @@ class VlaPolicyNode(LifecycleNode):
         self._stop_worker = self._wake = self._busy = False
         self._flip_warned = False
         self._extra_subs: dict[str, Any] = {}  # topic key -> subscription, made when a policy first needs it
-        self._ctl_timer = self._inputs_group = None
-        self._pub_action = self._pub_twist = self._pub_status = self._pub_diag = None
+        self._ctl_timer = self._pub_action = self._pub_twist = None
         self._action_server: InstructionActionServer | None = None
+        self._inputs_group = MutuallyExclusiveCallbackGroup()  # short store-and-notify callbacks
+        # Status and diagnostics exist from the start: they also report an unconfigured or inactive node (and why).
+        t = topics()
+        self._pub_status = self.create_publisher(PolicyStatus, t["status"], command_qos())
+        self._pub_diag = self.create_publisher(DiagnosticArray, t["diagnostics"], command_qos())
+        steady = Clock(clock_type=ClockType.STEADY_TIME)  # status flows even when sim time stands still
+        self.create_timer(1.0 / p["status_rate_hz"], self._publish_status, callback_group=self._inputs_group,
+                          clock=steady)
         self.start_failed = False  # True when auto_start could not bring the node up (main() then exits with 1)
         if p["auto_start"]:
             self.start_failed = not (self.trigger_configure() == TransitionCallbackReturn.SUCCESS
@@ -111,7 +123,7 @@ class VlaPolicyNode(LifecycleNode):
         self._control.set_active(True)
         if self._ctl_timer is not None:
             self._ctl_timer.reset()  # (re)starts the stopped timer
-        self._notify()
+        self._notify_lockstep()  # free-running: the first tick starts the first decision
         self.get_logger().info(f"active ({'lockstep' if self._lockstep else f'{self._rate_hz:g} Hz'})")
         return ret
 
@@ -145,10 +157,7 @@ class VlaPolicyNode(LifecycleNode):
         self._pub_action = self.create_lifecycle_publisher(VlaAction, t["action"], command_qos())
         self._pub_twist = (self.create_lifecycle_publisher(TwistStamped, t["twist"], command_qos())
                            if p["publish_twist"] else None)
-        # Status and diagnostics are plain publishers: they also report an inactive or unconfigured node.
-        self._pub_status = self.create_publisher(PolicyStatus, t["status"], command_qos())
-        self._pub_diag = self.create_publisher(DiagnosticArray, t["diagnostics"], command_qos())
-        group = self._inputs_group = MutuallyExclusiveCallbackGroup()  # short store-and-notify callbacks
+        group = self._inputs_group
         self.create_subscription(Image, t["camera_image"], self._on_image, image_qos(p["sensor_reliability"]),
                                  callback_group=group)
         self.create_subscription(String, t["instruction"], self._on_instruction, command_qos(), callback_group=group)
@@ -156,10 +165,8 @@ class VlaPolicyNode(LifecycleNode):
             self.create_subscription(EpisodeStatus, t["episode_status"], self._on_episode, command_qos(),
                                      callback_group=group)
         self.create_service(SetBool, t["enable_service"], self._on_enable, callback_group=group)
-        steady = Clock(clock_type=ClockType.STEADY_TIME)  # status flows even when sim time stands still
-        self.create_timer(1.0 / p["status_rate_hz"], self._publish_status, callback_group=group, clock=steady)
         if not self._lockstep:  # node clock: under use_sim_time the rate follows /clock; started on activate
-            self._ctl_timer = self.create_timer(1.0 / self._rate_hz, self._notify, callback_group=group,
+            self._ctl_timer = self.create_timer(1.0 / self._rate_hz, self._on_tick, callback_group=group,
                                                 autostart=False)
         if p["enable_action_server"]:
             self._action_server = InstructionActionServer(self, t["execute_action"], GoalHooks(
@@ -207,21 +214,36 @@ class VlaPolicyNode(LifecycleNode):
 
     def _apply_params(self, params: list) -> None:
         values, control = {p.name: p.value for p in params}, self._control
-        control.update(cfg=policy_params.controller_config(values, control.cfg),
-                       dry_run=values.get("dry_run", control.dry_run),
-                       sync_tolerance_s=values.get("input_sync_tolerance_s", control.sync_tolerance_s))
+        changed = control.update(
+            cfg=policy_params.controller_config(values, control.cfg), dry_run=values.get("dry_run", control.dry_run),
+            sync_tolerance_s=values.get("input_sync_tolerance_s", control.sync_tolerance_s),
+            inference_timeout_s=values.get("inference_timeout_s", control.inference_timeout_s),
+            stamp_clock_tolerance_s=values.get("stamp_clock_tolerance_s", control.stamp_clock_tolerance_s))
         self._twist_scale = values.get("twist_scale", self._twist_scale)
         if "control_rate_hz" in values:
             self._rate_hz = values["control_rate_hz"]
             if self._ctl_timer is not None:
                 self._ctl_timer.timer_period_ns = round(1e9 / self._rate_hz)
-        self._notify()
+        if changed:
+            self._notify_lockstep()
 
     # ------------------------------------------------------------------ inputs (never block)
     def _notify(self) -> None:
         with self._cv:
             self._wake = True
             self._cv.notify_all()
+
+    def _notify_lockstep(self) -> None:
+        """A changed input or switch: lockstep answers anew now; free-running waits for the next tick."""
+        if self._lockstep:
+            self._notify()
+
+    def _on_tick(self) -> None:
+        """The free-running control timer: one publish slot per tick; a decision starts when the worker is idle."""
+        with self._cv:
+            busy = self._busy
+        if self._control.tick() and not busy:
+            self._notify()
 
     def _on_image(self, msg: Image) -> None:
         try:
@@ -256,12 +278,12 @@ class VlaPolicyNode(LifecycleNode):
         generation, new = self._control.set_instruction(text, force_new)
         if new:
             self.get_logger().info(f"instruction: {text!r}")
-        self._notify()
+            self._notify_lockstep()
         return generation
 
     def _clear_instruction(self) -> None:
         self._control.clear_instruction()
-        self._notify()
+        self._notify_lockstep()
 
     def _on_episode(self, msg: EpisodeStatus) -> None:
         self._control.episode_status((msg.header.stamp.sec, msg.header.stamp.nanosec), msg.episode_id, msg.step)
@@ -274,8 +296,8 @@ class VlaPolicyNode(LifecycleNode):
                                           f"trained with {want!r}: actions will be wrong")
 
     def _on_enable(self, req: SetBool.Request, resp: SetBool.Response) -> SetBool.Response:
-        self._control.set_enabled(bool(req.data))
-        self._notify()
+        if self._control.set_enabled(bool(req.data)):
+            self._notify_lockstep()
         resp.success, resp.message = True, "enabled" if req.data else "disabled"
         self.get_logger().info(f"control {resp.message}")
         return resp
@@ -334,7 +356,7 @@ class VlaPolicyNode(LifecycleNode):
             self._pub_twist.publish(policy_io.twist_mirror(msg, now, self._twist_scale))
         self._rate.tick()
         if self._action_server is not None:
-            self._action_server.on_published(msg, inference_ms)
+            self._action_server.on_published(msg, inference_ms, answer.new_step)
         return True
 
     # ------------------------------------------------------------------ status
@@ -342,10 +364,12 @@ class VlaPolicyNode(LifecycleNode):
         """The current PolicyStatus (also published periodically)."""
         control, st = self._control, PolicyStatus()
         st.header.stamp = self.get_clock().now().to_msg()
+        overdue = control.inference_overdue()  # the model is not answering, whatever was published last
         with control.lock:
             stats, policy = control.stats, control.policy
-            st.state, st.hold_reason = policy_status.state_of(policy is not None, control.active, control.finished,
-                                                              stats.last_reason)
+            st.state, st.hold_reason = policy_status.state_of(
+                policy is not None, control.active, control.finished,
+                "inference_timeout" if overdue and control.active else stats.last_reason)
             st.state_name = policy_status.STATE_NAMES[st.state]
             st.model_id = policy.metadata.model_id if policy is not None else ""
             st.instruction = control.instruction or ""
@@ -358,12 +382,11 @@ class VlaPolicyNode(LifecycleNode):
 
     def _publish_status(self) -> None:
         st = self.status()
-        if self._pub_status is None:
-            return
         self._pub_status.publish(st)
         with self._control.lock:
-            by_kind = dict(self._rejections.by_kind)
-        self._pub_diag.publish(policy_status.diagnostics(st, f"{self.get_name()}: control", by_kind))
+            self._rejections.flush()  # the summary of a burst of rejections that is over
+            by_kind, by_reason = dict(self._rejections.by_kind), dict(self._rejections.by_reason)
+        self._pub_diag.publish(policy_status.diagnostics(st, f"{self.get_name()}: control", by_kind, by_reason))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -372,6 +395,8 @@ def main(argv: list[str] | None = None) -> int:
     Exit codes: 0 after a clean stop, 1 when ``auto_start`` could not configure/activate (e.g. the
     model failed to load), 2 on invalid parameters.
     """
+    if wants_help(sys.argv if argv is None else [sys.argv[0], *argv]):  # the parameters, without starting ROS
+        return print_node_help(policy_params.NODE_NAME, policy_params.SPECS, policy_params.yaml_defaults())
     return policy_io.run_node(VlaPolicyNode, argv, "vla_policy_node")
 
 

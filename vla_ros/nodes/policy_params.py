@@ -85,6 +85,12 @@ SPECS: dict[str, ParamSpec] = {
     "input_sync_tolerance_s": ParamSpec(float, "Free-running: wrist image / joint states / pose are paired with "
                                         "the main image if their stamp is within this (lockstep: equal stamps).",
                                         range=(0.0, 10.0), read_only=False),
+    "inference_timeout_s": ParamSpec(float, "Free-running: an inference running longer than this makes each control "
+                                     "tick hold (inference_timeout) until it returns.", range=(0.001, 3600.0),
+                                     read_only=False),
+    "stamp_clock_tolerance_s": ParamSpec(float, "An image stamp at most this far ahead of its receipt is on the node "
+                                         "clock and its age counts for staleness too; else the receipt's age only.",
+                                         range=(0.0, 60.0), read_only=False),
 }
 
 # Parameters that are fields of ControllerConfig (same names).

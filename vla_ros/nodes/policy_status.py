@@ -9,13 +9,13 @@ from vla_ros_msgs.msg import PolicyStatus
 STATE_NAMES = {PolicyStatus.STATE_UNCONFIGURED: "unconfigured", PolicyStatus.STATE_INACTIVE: "inactive",
                PolicyStatus.STATE_ACTIVE: "active", PolicyStatus.STATE_HOLDING: "holding",
                PolicyStatus.STATE_FINISHED: "finished", PolicyStatus.STATE_ERROR: "error"}
-ERROR_REASONS = ("inference_error", "invalid_output")  # holds that mean the model, not the world, failed
+ERROR_REASONS = ("inference_error", "invalid_output", "inference_timeout")  # the model, not the world, failed
 
 
 def state_of(configured: bool, active: bool, finished: bool, last_reason: str) -> tuple[int, str]:
     """(PolicyStatus state, hold reason) from the node's flags and the reason of its last message."""
     if not configured:
-        return PolicyStatus.STATE_UNCONFIGURED, "inactive"
+        return PolicyStatus.STATE_UNCONFIGURED, "unconfigured"
     if not active:
         return PolicyStatus.STATE_INACTIVE, "inactive"
     if finished:
