@@ -107,6 +107,16 @@ def load_policy_from_params(p: dict[str, Any]) -> Policy:
     return load_policy(p["backend"], p["checkpoint"] or None, **options)
 
 
+def close_policy(policy: Policy | None, warn: Callable[[str], None]) -> None:
+    """Close a policy; a failing close is logged, not raised. The caller drops its reference, then
+    :func:`release_memory`."""
+    if policy is not None:
+        try:
+            policy.close()
+        except Exception as exc:
+            warn(f"policy.close() failed: {exc!r}")
+
+
 def release_memory() -> None:
     """After the last reference to a policy went: collect it, and return CUDA's cached blocks if torch is loaded."""
     gc.collect()

@@ -146,13 +146,9 @@ class VlaPolicyNode(LifecycleNode):
         return TransitionCallbackReturn.SUCCESS
 
     def _make_interfaces(self, p: dict[str, Any]) -> None:
-        """Topics, services, timers and the action server, made at the first configure and kept.
-
-        They are not destroyed on cleanup: with rclpy 9 (Kilted) destroying a subscription while a
-        MultiThreadedExecutor waits on it can kill the executor (InvalidHandle in
-        event_handler.add_to_wait_set, seen in this project's tests). Unconfigured, the callbacks
-        only store inputs; nothing acts without a policy and an active state.
-        """
+        """Topics, services, timers and the action server, made at the first configure and kept: with rclpy 9
+        destroying a subscription while a MultiThreadedExecutor waits on it can kill the executor (InvalidHandle in
+        event_handler.add_to_wait_set, seen in this project's tests). Unconfigured, callbacks only store inputs."""
         t = topics()
         self._pub_action = self.create_lifecycle_publisher(VlaAction, t["action"], command_qos())
         self._pub_twist = (self.create_lifecycle_publisher(TwistStamped, t["twist"], command_qos())
@@ -193,15 +189,11 @@ class VlaPolicyNode(LifecycleNode):
             self._worker.join(timeout=10.0)
             self._worker = None
         policy, self._control.policy = self._control.policy, None
-        if policy is not None:
-            try:
-                policy.close()
-            except Exception as exc:
-                self.get_logger().warning(f"policy.close() failed: {exc!r}")
-            del policy
         self._control.update(inputs=None)
         self._control.reset()
         self._flip_warned = False
+        policy_io.close_policy(policy, self.get_logger().warning)
+        del policy
         policy_io.release_memory()
 
     # ------------------------------------------------------------------ parameters
@@ -362,23 +354,8 @@ class VlaPolicyNode(LifecycleNode):
     # ------------------------------------------------------------------ status
     def status(self) -> PolicyStatus:
         """The current PolicyStatus (also published periodically)."""
-        control, st = self._control, PolicyStatus()
-        st.header.stamp = self.get_clock().now().to_msg()
-        overdue = control.inference_overdue()  # the model is not answering, whatever was published last
-        with control.lock:
-            stats, policy = control.stats, control.policy
-            st.state, st.hold_reason = policy_status.state_of(
-                policy is not None, control.active, control.finished,
-                "inference_timeout" if overdue and control.active else stats.last_reason)
-            st.state_name = policy_status.STATE_NAMES[st.state]
-            st.model_id = policy.metadata.model_id if policy is not None else ""
-            st.instruction = control.instruction or ""
-            st.last_inference_ms, st.mean_inference_ms = float(stats.last_ms), float(stats.mean_ms)
-            st.actions_published, st.holds_published = stats.actions, stats.holds
-            st.rejected_inputs, st.last_error = self._rejections.total, stats.last_error
-        st.control_rate_hz = float(self._rate.rate())
-        st.dropped_frames = control.frames.dropped
-        return st
+        return policy_status.status_msg(self._control, self._rejections.total, self._rate.rate(),
+                                        self.get_clock().now().to_msg())
 
     def _publish_status(self) -> None:
         st = self.status()

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from builtin_interfaces.msg import Time
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 
+from vla_ros.policy_control import PolicyControl
 from vla_ros_msgs.msg import PolicyStatus
 
 STATE_NAMES = {PolicyStatus.STATE_UNCONFIGURED: "unconfigured", PolicyStatus.STATE_INACTIVE: "inactive",
@@ -25,6 +27,26 @@ def state_of(configured: bool, active: bool, finished: bool, last_reason: str) -
     if last_reason:
         return PolicyStatus.STATE_HOLDING, last_reason
     return PolicyStatus.STATE_ACTIVE, ""
+
+
+def status_msg(control: PolicyControl, rejected_inputs: int, control_rate_hz: float, stamp: Time) -> PolicyStatus:
+    """The node's PolicyStatus from its control's state: what it is doing now, whatever it published last."""
+    st = PolicyStatus()
+    st.header.stamp = stamp
+    overdue = control.inference_overdue()  # the model is not answering
+    with control.lock:
+        stats, policy = control.stats, control.policy
+        st.state, st.hold_reason = state_of(policy is not None, control.active, control.finished,
+                                            "inference_timeout" if overdue and control.active else stats.last_reason)
+        st.state_name = STATE_NAMES[st.state]
+        st.model_id = policy.metadata.model_id if policy is not None else ""
+        st.instruction = control.instruction or ""
+        st.last_inference_ms, st.mean_inference_ms = float(stats.last_ms), float(stats.mean_ms)
+        st.actions_published, st.holds_published = stats.actions, stats.holds
+        st.rejected_inputs, st.last_error = rejected_inputs, stats.last_error
+    st.control_rate_hz = float(control_rate_hz)
+    st.dropped_frames = control.frames.dropped
+    return st
 
 
 def diagnostics(st: PolicyStatus, name: str, rejected_by_kind: dict[str, int] | None = None,
