@@ -304,14 +304,14 @@ class Bridge:
                              image_flip=self.config.image_flip, action_space=LIBERO_ACTION_SPACE.name)
 
     # ------------------------------------------------------------------ stepping
-    def _step(self, action: np.ndarray, now: float, record: bool = False, hold_reason: str = "") -> list[Output]:
+    def _step(self, action: np.ndarray, now: float, hold_reason: str = "") -> list[Output]:
         t0 = time.perf_counter()
         try:
             res = self.env.step(action)
         except Exception as exc:  # e.g. a physics blow-up: end the episode, keep the node
             return [Log("error", f"step failed: {exc!r}"), *self.end_episode("error")]
-        if record:  # before the observation: the step's record is the state the next viewer frame shows
-            self._record_step(StepRecord(self.env.step_count, action, hold_reason=hold_reason))
+        # before the observation: the step's record is the state the next viewer frame shows
+        self._record_step(StepRecord(self.env.step_count, action, hold_reason=hold_reason))
         self.timing["env_step_s"] += time.perf_counter() - t0
         self.timing["steps"] += 1
         self.stats.stepped += 1
@@ -355,7 +355,7 @@ class Bridge:
         self._answered = True
         st.clipped += int(checked.clipped)
         if self.lockstep:
-            return self._step(checked.libero, now, record=True)
+            return self._step(checked.libero, now)
         self._held, self.held_at, self._held_reason = checked.libero, now, ""
         return []
 
@@ -369,7 +369,7 @@ class Bridge:
         if not self.running:
             return []
         fresh = self._held is not None and now - self.held_at <= self.config.action_timeout_s
-        return self._step(self._held if fresh else self._stand_still(), now, record=True,
+        return self._step(self._held if fresh else self._stand_still(), now,
                           hold_reason=self._held_reason if fresh else "action_timeout")
 
     def watchdog(self, now: float, *, policy_connected: bool, instruction_subscribed: bool) -> list[Output]:
